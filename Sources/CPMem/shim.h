@@ -1,0 +1,3 @@
+// libpmem, importable from Swift.
+#include <sys/types.h>
+#include <libpmem.h>

@@ -1,0 +1,36 @@
+// Small C helpers for pcache-ublk: what Swift cannot express or import cleanly.
+#ifndef PCACHE_CSUPPORT_H
+#define PCACHE_CSUPPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+// ---- CRC-32C (Castagnoli), raw register convention -------------------------
+// No inversion of the seed and no final xor: the convention of the kernel's
+// crc32c(seed, buf, len), which dm-pcache stores on media.
+uint32_t pcs_crc32c(uint32_t crc, const void *buf, size_t len);
+// The portable table-driven version, for tests and machines without SSE4.2.
+uint32_t pcs_crc32c_portable(uint32_t crc, const void *buf, size_t len);
+// 1 when the hardware path is in use.
+int pcs_crc32c_is_hardware(void);
+
+// ---- GNU-only libc calls ---------------------------------------------------
+// open(2) with O_DIRECT added to flags.
+int pcs_open_direct(const char *path, int flags);
+// O_DIRECT, for callers that build their own flag set.
+int pcs_o_direct(void);
+// Size in bytes of the block device open at fd (BLKGETSIZE64); -errno on failure.
+int pcs_block_device_size(int fd, uint64_t *size);
+// Logical block size of the block device at fd (BLKSSZGET); -errno on failure.
+int pcs_block_logical_size(int fd, uint32_t *size);
+// Names the calling thread (at most 15 characters are kept).
+void pcs_set_thread_name(const char *name);
+// PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse
+// into writeback of the device it serves. 0 or -errno.
+int pcs_set_io_flusher(void);
+// Major and minor numbers of a dev_t.
+unsigned pcs_major(uint64_t dev);
+unsigned pcs_minor(uint64_t dev);
+
+#endif

@@ -1,0 +1,43 @@
+// GNU-only libc calls, kept out of Swift's view of the headers.
+#define _GNU_SOURCE
+#include "csupport.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/sysmacros.h>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+int pcs_open_direct(const char *path, int flags) { return open(path, flags | O_DIRECT); }
+
+int pcs_o_direct(void) { return O_DIRECT; }
+
+int pcs_block_device_size(int fd, uint64_t *size) {
+    return ioctl(fd, BLKGETSIZE64, size) == 0 ? 0 : -errno;
+}
+
+int pcs_block_logical_size(int fd, uint32_t *size) {
+    int value = 0;
+    if (ioctl(fd, BLKSSZGET, &value) != 0) return -errno;
+    *size = (uint32_t)value;
+    return 0;
+}
+
+void pcs_set_thread_name(const char *name) {
+    char truncated[16];
+    size_t i = 0;
+    for (; i < 15 && name[i]; i++) truncated[i] = name[i];
+    truncated[i] = 0;
+    pthread_setname_np(pthread_self(), truncated);
+}
+
+int pcs_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0 ? 0 : -errno; }
+
+unsigned pcs_major(uint64_t dev) { return major(dev); }
+unsigned pcs_minor(uint64_t dev) { return minor(dev); }

@@ -1,0 +1,136 @@
+import CURing
+import Glibc
+
+/// An error from a system call, carrying errno and what was being done.
+public struct SystemError: Error, CustomStringConvertible, Sendable {
+    public let errno: Int32
+    public let operation: String
+
+    public init(errno: Int32, _ operation: String) {
+        self.errno = errno
+        self.operation = operation
+    }
+
+    /// The error for the current `errno` of the calling thread.
+    public static func last(_ operation: String) -> SystemError {
+        SystemError(errno: Glibc.errno, operation)
+    }
+
+    public var description: String {
+        "\(operation): \(String(cString: strerror(errno)))"
+    }
+}
+
+/// A thin owner of one liburing ring. Not thread-safe: one thread drives it.
+///
+/// SQEs are obtained with `nextSQE()`, filled with liburing's prep helpers,
+/// and sent with `submit()` / `submitAndWait(_:)`. Completions are read with
+/// `forEachCompletion`, which marks each seen.
+public final class IOURing {
+    public var ring = io_uring()
+    public let entries: UInt32
+
+    /// - Parameters:
+    ///   - entries: submission queue size (the completion queue is twice that).
+    ///   - flags: `IORING_SETUP_*` flags, e.g. SQE128 for ublk control commands.
+    public init(entries: UInt32, flags: UInt32 = 0) throws {
+        self.entries = entries
+        var params = io_uring_params()
+        params.flags = flags
+        let rc = io_uring_queue_init_params(entries, &ring, &params)
+        if rc < 0 { throw SystemError(errno: -rc, "io_uring_queue_init(\(entries) entries)") }
+    }
+
+    deinit { io_uring_queue_exit(&ring) }
+
+    /// A free SQE, submitting queued ones first if the ring is full.
+    @inline(__always)
+    public func nextSQE() -> UnsafeMutablePointer<io_uring_sqe> {
+        if let sqe = io_uring_get_sqe(&ring) { return sqe }
+        _ = io_uring_submit(&ring)
+        guard let sqe = io_uring_get_sqe(&ring) else {
+            fatalError("io_uring: no SQE free after submit")
+        }
+        return sqe
+    }
+
+    /// Submits queued SQEs; returns how many were taken, or throws.
+    @discardableResult
+    public func submit() throws -> Int {
+        let rc = io_uring_submit(&ring)
+        if rc < 0 { throw SystemError(errno: -rc, "io_uring_submit") }
+        return Int(rc)
+    }
+
+    /// Submits queued SQEs and waits for at least `count` completions.
+    /// EINTR is not an error: the caller simply looks at completions again.
+    public func submitAndWait(_ count: UInt32 = 1) throws {
+        let rc = io_uring_submit_and_wait(&ring, count)
+        if rc < 0 && rc != -EINTR { throw SystemError(errno: -rc, "io_uring_submit_and_wait") }
+    }
+
+    /// Calls `body(userData, result, flags)` for every completion ready now.
+    /// Returns the number handled.
+    @inline(__always)
+    @discardableResult
+    public func forEachCompletion(_ body: (UInt64, Int32, UInt32) -> Void) -> Int {
+        var handled = 0
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        while io_uring_peek_cqe(&ring, &cqe) == 0, let c = cqe {
+            let userData = c.pointee.user_data
+            let result = c.pointee.res
+            let flags = c.pointee.flags
+            io_uring_cqe_seen(&ring, c)
+            body(userData, result, flags)
+            handled += 1
+        }
+        return handled
+    }
+
+    /// Waits for one completion and returns (userData, result).
+    public func waitCompletion() throws -> (userData: UInt64, result: Int32) {
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        while true {
+            let rc = io_uring_wait_cqe(&ring, &cqe)
+            if rc == -EINTR { continue }
+            if rc < 0 { throw SystemError(errno: -rc, "io_uring_wait_cqe") }
+            break
+        }
+        let c = cqe!
+        let out = (c.pointee.user_data, c.pointee.res)
+        io_uring_cqe_seen(&ring, c)
+        return out
+    }
+
+    // MARK: Common preparations
+
+    @inline(__always)
+    public func prepareRead(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, userData: UInt64) {
+        let sqe = nextSQE()
+        io_uring_prep_read(sqe, fd, buffer, UInt32(count), offset)
+        sqe.pointee.user_data = userData
+    }
+
+    @inline(__always)
+    public func prepareWrite(fd: Int32, from buffer: UnsafeRawPointer, count: Int, offset: UInt64, userData: UInt64) {
+        let sqe = nextSQE()
+        io_uring_prep_write(sqe, fd, buffer, UInt32(count), offset)
+        sqe.pointee.user_data = userData
+    }
+
+    /// fdatasync-style flush of everything written to `fd`.
+    @inline(__always)
+    public func prepareFsync(fd: Int32, userData: UInt64) {
+        let sqe = nextSQE()
+        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC)
+        sqe.pointee.user_data = userData
+    }
+
+    /// A read of 8 bytes from an eventfd, used to wake a thread blocked on this ring.
+    @inline(__always)
+    public func preparePollRead(fd: Int32, into buffer: UnsafeMutableRawPointer, userData: UInt64) {
+        let sqe = nextSQE()
+        io_uring_prep_read(sqe, fd, buffer, 8, 0)
+        sqe.pointee.user_data = userData
+    }
+}

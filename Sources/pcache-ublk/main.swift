@@ -1,0 +1,3 @@
+import PCacheCore
+
+print("pcache-ublk: under construction")
