@@ -12,9 +12,11 @@ public struct SubtreeIndex {
     public private(set) var count: Int = 0
     public private(set) var capacity: Int
 
-    public init(initialCapacity: Int = 16) {
-        capacity = max(initialCapacity, 1)
-        keys = .allocate(capacity: capacity)
+    /// With capacity 0 nothing is allocated until the first insert, so an
+    /// index over a large backing device costs little until it is used.
+    public init(initialCapacity: Int = 0) {
+        capacity = max(initialCapacity, 0)
+        keys = .allocate(capacity: max(capacity, 1))
     }
 
     public func deallocate() {
@@ -46,7 +48,7 @@ public struct SubtreeIndex {
 
     private mutating func reserve(_ needed: Int) {
         guard needed > capacity else { return }
-        var newCapacity = capacity * 2
+        var newCapacity = max(capacity * 2, 8)
         while newCapacity < needed { newCapacity *= 2 }
         let grown = UnsafeMutablePointer<Extent>.allocate(capacity: newCapacity)
         grown.moveInitialize(from: keys, count: count)
