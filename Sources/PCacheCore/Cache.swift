@@ -13,6 +13,8 @@ public struct CacheConfiguration: Sendable {
     /// Start the writeback and housekeeping threads. Tests turn this off and
     /// drive `runWriteback()` / `runGarbageCollection()` themselves.
     public var startWorkers = true
+    /// Smallest cache device accepted; lowered only by tests.
+    var minimumCacheBytes = PCacheLayout.minimumDeviceSize
 
     public init() {}
 }
@@ -73,7 +75,7 @@ public final class Cache: @unchecked Sendable {
         self.memory = memory
         self.backing = backing
         logicalBytes = logical
-        device = try CacheDevice.open(memory: memory)
+        device = try CacheDevice.open(memory: memory, minimumSize: configuration.minimumCacheBytes)
         metadata = try CacheMetadata.open(device: device, dataCRC: configuration.dataCRC, cacheMode: configuration.cacheMode)
         dataCRC = metadata.info.dataCRC
 

@@ -29,6 +29,10 @@ void pcs_set_thread_name(const char *name);
 // PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse
 // into writeback of the device it serves. 0 or -errno.
 int pcs_set_io_flusher(void);
+// fallocate(PUNCH_HOLE | KEEP_SIZE): discards a range. 0 or -errno.
+int pcs_punch_hole(int fd, uint64_t offset, uint64_t length);
+// The fallocate mode for that, for io_uring's IORING_OP_FALLOCATE.
+int pcs_punch_hole_mode(void);
 // Major and minor numbers of a dev_t.
 unsigned pcs_major(uint64_t dev);
 unsigned pcs_minor(uint64_t dev);
