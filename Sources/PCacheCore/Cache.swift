@@ -15,6 +15,9 @@ public struct CacheConfiguration: Sendable {
     public var startWorkers = true
     /// Smallest cache device accepted; lowered only by tests.
     var minimumCacheBytes = PCacheLayout.minimumDeviceSize
+    /// Tests only: a new cache starts its key log this many bytes before the
+    /// end of segment 0, so key-set chaining across segments comes soon.
+    var keyLogStartsBeforeSegmentEnd: Int? = nil
 
     public init() {}
 }
@@ -87,6 +90,12 @@ public final class Cache: @unchecked Sendable {
         index = CacheIndex(backingBytes: logical)
         reader = KeyLogReader(memory: memory, segmentCount: segments, dataAreaOffsets: dataAreaOffsets, backingBytes: logical)
 
+        if metadata.isNewCache, let distance = configuration.keyLogStartsBeforeSegmentEnd {
+            let start = CachePosition(cacheSegID: 0, segOff: UInt32(PCacheLayout.segmentDataSize - distance))
+            memory.persistZero(at: metadata.deviceOffset(of: start), count: PCacheLayout.ksetHeaderSize)
+            metadata.persistDirtyTail(start)
+            metadata.persistKeyTail(start)
+        }
         let outcome = try Replay(reader: reader, pool: pool, index: index, dataCRC: dataCRC).run(from: metadata.keyTail)
         replayOutcome = (outcome.keySets, outcome.keys, outcome.staleKeys)
         let offsets = dataAreaOffsets

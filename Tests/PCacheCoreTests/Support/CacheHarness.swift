@@ -57,7 +57,12 @@ final class CacheHarness {
     private(set) var ios: [ImmediateQueueIO] = []
     let depth = 4
 
-    init(cacheMiB: Int = 160, backingMiB: Int = 64, dataCRC: Bool = false, queues: Int = 1) throws {
+    /// Segments freed by GC over every start of this harness.
+    private(set) var segmentsFreedBeforeRestarts: UInt64 = 0
+    var segmentsFreed: UInt64 { segmentsFreedBeforeRestarts + cache.status().gcSegmentsFreed }
+
+    init(cacheMiB: Int = 160, backingMiB: Int = 64, dataCRC: Bool = false, queues: Int = 1,
+         keyLogStartsBeforeSegmentEnd: Int? = nil) throws {
         var template = Array("/dev/shm/pcache-test-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw SystemError.last("mkdtemp") }
         directory = String(cString: template)
@@ -75,6 +80,7 @@ final class CacheHarness {
         configuration.keySetCount = queues
         configuration.startWorkers = false
         configuration.minimumCacheBytes = 64 << 20
+        configuration.keyLogStartsBeforeSegmentEnd = keyLogStartsBeforeSegmentEnd
         try start(queueCount: queues)
     }
 
@@ -95,6 +101,7 @@ final class CacheHarness {
 
     /// A clean stop (all key-sets closed) and a new start: replay.
     func restart() throws {
+        segmentsFreedBeforeRestarts += cache.status().gcSegmentsFreed
         for q in queues { q.stop() }
         try cache.stop()
         queues = []
@@ -105,6 +112,7 @@ final class CacheHarness {
     /// Drops the cache without closing key-sets: what a crash of the server
     /// leaves (pmem holds exactly what was persisted).
     func crashAndRestart() throws {
+        segmentsFreedBeforeRestarts += cache.status().gcSegmentsFreed
         queues = []
         cache = nil
         try start(queueCount: ios.count)
