@@ -5,6 +5,7 @@ final class CacheIndex: @unchecked Sendable {
     struct Shard {
         var lock: PThreadMutex
         var keys: SubtreeIndex
+        var keySetAffinity = KeySetAffinity()
     }
 
     let count: Int
@@ -34,6 +35,16 @@ final class CacheIndex: @unchecked Sendable {
         shard.pointee.lock.lock()
         defer { shard.pointee.lock.unlock() }
         return try body(&shard.pointee.keys)
+    }
+
+    /// Runs `body` with subtree `index` locked, also giving the stripe's
+    /// key-set affinity (see `OpenKeySets`).
+    @inline(__always)
+    func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex, inout KeySetAffinity) throws -> R) rethrows -> R {
+        let shard = shards + index
+        shard.pointee.lock.lock()
+        defer { shard.pointee.lock.unlock() }
+        return try body(&shard.pointee.keys, &shard.pointee.keySetAffinity)
     }
 
     /// Keys and bytes of memory over all subtrees (takes every lock in turn).

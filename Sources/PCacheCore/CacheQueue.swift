@@ -227,10 +227,11 @@ public final class CacheQueue {
             let key = Extent(
                 start: offset, length: space.length, segment: space.segment, segmentOffset: space.offset,
                 generation: space.generation, crc: crc, crcSpanOffset: space.offset, crcSpanLength: space.length)
-            let keySet = cache.keySets.keySet(forSubtree: subtree)
             let fua = r.pointee.fua
-            let outcome = cache.index.withShard(subtree) { keys in
-                cache.keySets.append(key, to: keySet, forceClose: fua) { keys.insert(key) }
+            var keySet = 0
+            let outcome = cache.index.withShard(subtree) { keys, affinity in
+                keySet = cache.keySets.route(affinity, own: id)
+                return cache.keySets.append(key, to: keySet, forceClose: fua, affinity: &affinity) { keys.insert(key) }
             }
             switch outcome {
             case .appended:
@@ -394,8 +395,7 @@ public final class CacheQueue {
     /// current data segment is cached; a full cache just skips caching.
     private func fillCache(from slot: ReadSlot, request: Request) {
         let subtree = CacheIndex.subtree(of: slot.start)
-        let keySet = cache.keySets.keySet(forSubtree: subtree)
-        cache.index.withShard(subtree) { keys in
+        cache.index.withShard(subtree) { keys, affinity in
             guard let i = keys.placeholderIndex(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length))
             else { return }
             let placeholder = keys[i]
@@ -411,7 +411,8 @@ public final class CacheQueue {
                 start: placeholder.start, length: space.length, flags: .clean, segment: space.segment,
                 segmentOffset: space.offset, generation: space.generation, crc: crc,
                 crcSpanOffset: space.offset, crcSpanLength: space.length)
-            let outcome = cache.keySets.append(key, to: keySet, forceClose: false) {
+            let keySet = cache.keySets.route(affinity, own: id)
+            let outcome = cache.keySets.append(key, to: keySet, forceClose: false, affinity: &affinity) {
                 keys.remove(at: i)
                 keys.insert(key)
             }

@@ -15,7 +15,10 @@ public final class SegmentPool: @unchecked Sendable {
     /// Set when an allocation found nothing; cleared when a segment is freed.
     private(set) var isFull = false
 
+    /// One cache line per segment: two queues' data heads are usually
+    /// neighbouring segments, and their counters must not share a line.
     private let references: UnsafeMutablePointer<UInt32>
+    private static let referenceStride = 16
     private let generations: UnsafeMutablePointer<UInt64>
 
     /// Called, outside the lock, after a segment went back to the free pool.
@@ -24,8 +27,8 @@ public final class SegmentPool: @unchecked Sendable {
     public init(count: UInt32, generations initial: (UInt32) -> UInt64) {
         self.count = count
         usedBits = [UInt64](repeating: 0, count: (Int(count) + 63) / 64)
-        references = .allocate(capacity: Int(count))
-        references.initialize(repeating: 0, count: Int(count))
+        references = .allocate(capacity: Int(count) * Self.referenceStride)
+        references.initialize(repeating: 0, count: Int(count) * Self.referenceStride)
         generations = .allocate(capacity: Int(count))
         for id in 0..<count { (generations + Int(id)).initialize(to: initial(id)) }
     }
@@ -104,18 +107,18 @@ public final class SegmentPool: @unchecked Sendable {
 
     @inline(__always)
     public func takeReference(_ id: UInt32) {
-        _ = pcs_atomic_add_u32(references + Int(id), 1)
+        _ = pcs_atomic_add_u32(references + Int(id) * Self.referenceStride, 1)
     }
 
     /// Drops one reference; true when it was the last, and the caller must
     /// invalidate the segment.
     @inline(__always)
     public func dropReference(_ id: UInt32) -> Bool {
-        pcs_atomic_sub_u32(references + Int(id), 1) == 0
+        pcs_atomic_sub_u32(references + Int(id) * Self.referenceStride, 1) == 0
     }
 
     public func referenceCount(_ id: UInt32) -> UInt32 {
-        pcs_atomic_load_u32(references + Int(id))
+        pcs_atomic_load_u32(references + Int(id) * Self.referenceStride)
     }
 
     @inline(__always)
