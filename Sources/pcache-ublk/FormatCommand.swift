@@ -21,18 +21,8 @@ enum FormatCommand {
         guard args.positional.count == 1 else { throw PCacheError.usage("usage: \(usage)") }
         let path = args.positional[0]
         let memory = try MappedPersistentMemory(path: path)
-        if memory.size < PCacheLayout.minimumDeviceSize {
-            throw PCacheError.deviceTooSmall(device: path, size: memory.size, minimum: PCacheLayout.minimumDeviceSize)
-        }
-        let magic = memory.load(UInt64.self, at: PCacheLayout.superblockOffset + 8)
-        if magic != 0 {
-            guard args.has("--force") else { throw PCacheError.alreadyFormatted(device: path, magic: magic) }
-            // A blank superblock page makes the next open format the device.
-            memory.persistZero(at: PCacheLayout.superblockOffset, count: PCacheLayout.pageSize)
-        }
-        let device = try CacheDevice.open(memory: memory)
-        let metadata = try CacheMetadata.open(device: device, dataCRC: args.has("--data-crc"))
-        metadata.persistCacheInfo(setInitDone: true)
+        let metadata = try CacheFormat.format(memory: memory, dataCRC: args.has("--data-crc"), force: args.has("--force"))
+        let device = metadata.device
         let info = metadata.info
         print("formatted \(path): \(device.segmentCount) segments of 16 MiB, cache_info flags \(String(info.flags, radix: 16))"
               + " (data_crc \(info.dataCRC ? "on" : "off"), gc_percent \(info.gcPercent), \(memory.mode) persistence)")
