@@ -23,6 +23,9 @@ public enum CacheFormat {
         let magic = memory.load(UInt64.self, at: PCacheLayout.superblockOffset + 8)
         if magic != 0 {
             guard force else { throw PCacheError.alreadyFormatted(device: memory.label, magic: magic) }
+            // The magic first: once it is durably 0 the device reads as
+            // blank, so no power cut can leave a torn superblock behind.
+            memory.persistZero(at: PCacheLayout.superblockOffset + 8, count: 8)
             memory.persistZero(at: PCacheLayout.superblockOffset, count: PCacheLayout.pageSize)
         }
         let device = try CacheDevice.open(memory: memory, minimumSize: minimumSize)

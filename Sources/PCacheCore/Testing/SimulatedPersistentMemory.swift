@@ -312,3 +312,50 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
 }
+
+extension SimulatedPersistentMemory {
+    /// Counts from `exploreCrashes`.
+    public struct CrashExploration: Sendable {
+        public var crashPoints = 0
+        public var images = 0
+    }
+
+    /// Runs `operation` while recording a crash point after every event
+    /// (plus one before the first), then calls `check` with crash images of
+    /// every point: seed 0 (oldest values), seed 1 (newest) and
+    /// `randomSeeds` random choices for each of `granularities`. A point
+    /// with nothing undrained has one possible image and is checked once.
+    @discardableResult
+    public func exploreCrashes(randomSeeds: Int = 8, granularities: [Int] = [64, 8],
+                               operation: () throws -> Void,
+                               check: (SimulatedPersistentMemory, CrashPoint) throws -> Void) rethrows -> CrashExploration {
+        let wasRecording = recordsCrashPoints
+        _ = takeCrashPoints()
+        let initial = currentCrashPoint()
+        recordsCrashPoints = true
+        defer { recordsCrashPoints = wasRecording }
+        try operation()
+        let points = [initial] + takeCrashPoints()
+        var result = CrashExploration()
+        for point in points {
+            result.crashPoints += 1
+            if point.pending.isEmpty {
+                result.images += 1
+                try check(crashImage(at: point, seed: 0), point)
+                continue
+            }
+            for seed: UInt64 in 0...1 {
+                result.images += 1
+                try check(crashImage(at: point, seed: seed), point)
+            }
+            for granularity in granularities {
+                for i in 0..<randomSeeds {
+                    result.images += 1
+                    let seed = 2 &+ UInt64(i) &* 0x9E37_79B9 &+ UInt64(granularity) &* 0x1000_0001 &+ UInt64(point.event) &* 31
+                    try check(crashImage(at: point, seed: seed, granularity: granularity), point)
+                }
+            }
+        }
+        return result
+    }
+}
