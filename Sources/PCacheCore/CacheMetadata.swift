@@ -155,6 +155,12 @@ public final class CacheMetadata: @unchecked Sendable {
             memory.persist(at: base + PCacheLayout.segmentDataOffset, bytes: KeySetCodec.emptyKeySet)
             chain.append(physical)
         }
+        // Both tails restart at seq 1 in slot 1. The kernel relies on the
+        // format having zeroed cache_ctrl; when a new cache is built over an
+        // old cache's tails (cache_info lost), an old slot 0 with a later seq
+        // would win over the new tails. Zeroing them first makes that
+        // impossible and writes the same bytes in every other case.
+        memory.persistZero(at: PCacheLayout.cacheCtrlOffset, count: 2 * 2 * PCacheLayout.tailSlotStride)
         var dirty = TailState(slots: DualCopySlots(offset: PCacheLayout.dirtyTailOffset, stride: PCacheLayout.tailSlotStride),
                               position: .zero)
         dirty.slots.write(CachePositionOnMedia(.zero), to: memory)

@@ -147,6 +147,11 @@ public struct Superblock: Sendable, Equatable {
         return bytes
     }
 
+    public init(bytes: [UInt8]) {
+        precondition(bytes.count >= Self.encodedSize)
+        self = bytes.withUnsafeBytes { Superblock(decoding: $0.baseAddress!) }
+    }
+
     /// Equality of the on-media fields (not of the decode bookkeeping).
     public static func == (a: Superblock, b: Superblock) -> Bool {
         a.crc == b.crc && a.flags == b.flags && a.magic == b.magic && a.segNum == b.segNum && a.padding == b.padding
@@ -508,7 +513,7 @@ public struct KeySetHeader: Sendable, Equatable {
 }
 
 /// A validated kset in place (on the device or in a buffer).
-public struct KeySetView: @unchecked Sendable {
+public struct KeySetView: @unchecked Sendable, Equatable {
     public let pointer: UnsafeRawPointer
     public let header: KeySetHeader
 
