@@ -79,3 +79,53 @@ import Testing
         #expect(bytes(memory, 8216, 24).allSatisfy { $0 == 0 })
     }
 }
+
+@Suite struct SimulatorTests {
+    @Test func linesBecomeDurableOnlyAfterFlushAndDrain() {
+        let memory = SimulatedPersistentMemory(size: 4096)
+        let one: [UInt8] = [1, 1, 1, 1]
+        one.withUnsafeBytes { memory.store(at: 0, from: $0.baseAddress!, count: 4) }
+        #expect(memory.crashImage(at: memory.currentCrashPoint(), seed: 0).load(UInt32.self, at: 0) == 0)
+        #expect(memory.crashImage(at: memory.currentCrashPoint(), seed: 1).load(UInt32.self, at: 0) == 0x0101_0101)
+        memory.drain()  // not flushed: still undecided
+        #expect(memory.pendingLineCount == 1)
+        memory.flush(at: 0, count: 4)
+        let two: [UInt8] = [2, 2, 2, 2]
+        two.withUnsafeBytes { memory.store(at: 0, from: $0.baseAddress!, count: 4) }
+        memory.drain()  // the flushed value or a later one
+        let point = memory.currentCrashPoint()
+        let values = Set((0..<64).map { memory.crashImage(at: point, seed: $0).load(UInt32.self, at: 0) })
+        #expect(values == [0x0101_0101, 0x0202_0202])
+        memory.flush(at: 0, count: 64)
+        memory.drain()
+        #expect(memory.pendingLineCount == 0)
+        #expect(memory.durableImage().load(UInt32.self, at: 0) == 0x0202_0202)
+    }
+
+    @Test func untrackedSetUpBecomesDurable() {
+        let memory = SimulatedPersistentMemory(size: 1 << 20)
+        memory.isTracking = false
+        memory.store(UInt64(0xABCD), at: 300_000)
+        memory.isTracking = true
+        #expect(memory.durableImage().load(UInt64.self, at: 300_000) == 0)
+        memory.makeDurable()
+        #expect(memory.durableImage().load(UInt64.self, at: 300_000) == 0xABCD)
+    }
+
+    @Test func tornWordsMixOnlyWithinALine() {
+        let memory = SimulatedPersistentMemory(size: 4096)
+        memory.persist(at: 0, bytes: [UInt8](repeating: 0xAA, count: 128))
+        memory.storeAndFlush(at: 0, from: [UInt8](repeating: 0xBB, count: 128), count: 128)
+        let point = memory.currentCrashPoint()
+        var mixed = false
+        for seed: UInt64 in 2..<40 {
+            let image = memory.crashImage(at: point, seed: seed, granularity: 8)
+            for word in 0..<16 {
+                let v = image.load(UInt64.self, at: word * 8)
+                #expect(v == 0xAAAA_AAAA_AAAA_AAAA || v == 0xBBBB_BBBB_BBBB_BBBB)
+            }
+            if image.load(UInt64.self, at: 0) != image.load(UInt64.self, at: 8) { mixed = true }
+        }
+        #expect(mixed)
+    }
+}

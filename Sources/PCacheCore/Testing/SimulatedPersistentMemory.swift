@@ -64,7 +64,11 @@ public final class SimulatedPersistentMemory: PersistentMemory, @unchecked Senda
         var flushed: Set<Int> = []
         var stats = Statistics()
         var crashPoints: [CrashPoint] = []
+        /// Pages stored to while tracking was off (for `makeDurable`).
+        var untrackedPages: Set<Int> = []
     }
+
+    private static let pageSize = 4096
 
     private let state = Mutex(State())
 
@@ -90,8 +94,12 @@ public final class SimulatedPersistentMemory: PersistentMemory, @unchecked Senda
     // MARK: - Control
 
     /// When false, stores go to the CPU view only and are not tracked: fast
-    /// set-up of large contents. Crash images then reflect only tracked
-    /// writes, so turn it off only around set-up that `makeDurable()` ends.
+    /// set-up of large contents. Crash images do not see those stores until
+    /// `makeDurable()` is called, so end untracked set-up with it.
+    ///
+    /// The log of durable lines only grows (crash points index into it);
+    /// long data-path runs should record crash points only around the
+    /// operations they explore.
     public var isTracking: Bool {
         get { state.withLock { $0.tracking } }
         set { state.withLock { $0.tracking = newValue } }
@@ -121,22 +129,21 @@ public final class SimulatedPersistentMemory: PersistentMemory, @unchecked Senda
     /// Lines not yet durable.
     public var pendingLineCount: Int { state.withLock { $0.pending.count } }
 
-    /// Declares the whole CPU view durable, as after a clean shutdown. Use
+    /// Declares the whole CPU view durable, as after a clean shutdown: every
+    /// undrained line and every page written while tracking was off. Use
     /// after untracked set-up. Not an event.
     public func makeDurable() {
         state.withLock { s in
+            for line in s.pending.keys.sorted() { s.durableLog.append((line, lineValue(line))) }
             s.pending.removeAll()
             s.flushed.removeAll()
-            s.durableLog.removeAll()
-            // Record every non-zero line, so crash images rebuild the view.
-            let lines = (size + Self.lineSize - 1) / Self.lineSize
-            var line = 0
-            while line < lines {
-                // Skip untouched zero pages quickly.
-                let value = lineValue(line)
-                if value != Line(repeating: 0) { s.durableLog.append((line, value)) }
-                line += 1
+            let linesPerPage = Self.pageSize / Self.lineSize
+            for page in s.untrackedPages.sorted() {
+                for line in page * linesPerPage..<min((page + 1) * linesPerPage, (size + Self.lineSize - 1) / Self.lineSize) {
+                    s.durableLog.append((line, lineValue(line)))
+                }
             }
+            s.untrackedPages.removeAll()
         }
     }
 
@@ -267,6 +274,7 @@ public final class SimulatedPersistentMemory: PersistentMemory, @unchecked Senda
         guard count > 0 else { return }
         guard s.tracking else {
             (base + offset).copyMemory(from: source, byteCount: count)
+            for page in (offset / Self.pageSize)...((offset + count - 1) / Self.pageSize) { s.untrackedPages.insert(page) }
             return
         }
         let lines = lineRange(offset, count)
