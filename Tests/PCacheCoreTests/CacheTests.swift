@@ -13,7 +13,7 @@ import Testing
         #expect(bytes == data)
         #expect(h.cache.status().counters[.hitBytes] == 8192)
         // Nothing reached the backing device yet: write-back.
-        #expect(h.backingBytes(4096, 8192) == [UInt8](repeating: 0, count: 8192))
+        #expect((h.backingBytes(4096, 8192) == [UInt8](repeating: 0, count: 8192)) == true)
     }
 
     @Test func missReadsBackingAndFillsTheCacheAsClean() throws {
@@ -55,9 +55,9 @@ import Testing
         #expect(h.flush() == 0)
         try h.crashAndRestart()
         #expect(h.cache.replayOutcome.keys == 1)
-        #expect(h.read(40960, 12288).1 == data)
+        #expect((h.read(40960, 12288).1 == data) == true)
         while h.cache.runWriteback() {}
-        #expect(h.backingBytes(40960, 12288) == data)
+        #expect((h.backingBytes(40960, 12288) == data) == true)
         #expect(h.cache.status().isClean)
     }
 
@@ -66,7 +66,7 @@ import Testing
         let data = pattern(6, 4096)
         #expect(h.write(0, data, fua: true) == 4096)
         try h.crashAndRestart()
-        #expect(h.read(0, 4096).1 == data)
+        #expect((h.read(0, 4096).1 == data) == true)
     }
 
     @Test func unflushedWriteMayBeLostButNothingIsInvented() throws {
@@ -74,7 +74,7 @@ import Testing
         #expect(h.write(0, pattern(7, 4096)) == 4096)
         try h.crashAndRestart()
         // The key-set was never closed: the backing device's zeros come back.
-        #expect(h.read(0, 4096).1 == [UInt8](repeating: 0, count: 4096))
+        #expect((h.read(0, 4096).1 == [UInt8](repeating: 0, count: 4096)) == true)
     }
 
     @Test func statusLineHasTheKernelFormat() throws {
@@ -93,7 +93,7 @@ import Testing
         let h = try CacheHarness(dataCRC: true)
         let data = pattern(9, 4096)
         #expect(h.write(0, data) == 4096)
-        #expect(h.read(0, 4096).1 == data)
+        #expect((h.read(0, 4096).1 == data) == true)
         // Corrupt the cached copy behind the cache's back.
         let key = h.cache.index.withShard(0) { $0[0] }
         let at = h.cache.dataOffset(key.segment, key.segmentOffset) + 100
@@ -110,5 +110,83 @@ import Testing
         try h.restart()
         #expect(h.cache.status().gcPercent == 10)
         #expect(throws: PCacheError.self) { try h.cache.setGCPercent(91) }
+    }
+}
+
+@Suite(.serialized) struct BackingFailureTests {
+    /// Writeback against a failing backing device keeps the data dirty in
+    /// the cache, reports the errors, and catches up once the device heals.
+    @Test func writebackRetriesUntilTheBackingDeviceHeals() throws {
+        let h = try CacheHarness()
+        let data = pattern(21, 65536)
+        #expect(h.write(1 << 20, data) == 65536)
+        #expect(h.flush() == 0)
+        let dirtyBefore = h.cache.status().dirtyTail
+
+        // Swap the backing descriptors for read-only ones: every write fails.
+        let descriptors = Set([h.cache.backing.fd, h.cache.backing.bufferedFD])
+        let saved = descriptors.map { ($0, dup($0)) }
+        let readOnly = open(h.backingPath, O_RDONLY)
+        for fd in descriptors { #expect(dup2(readOnly, fd) == fd) }
+        close(readOnly)
+
+        #expect(h.cache.runWriteback() == false)
+        #expect(h.cache.runWriteback() == false)
+        let failing = h.cache.status()
+        #expect(failing.writebackFailures == 2)
+        #expect(failing.writebackLastError == -EBADF)
+        #expect(failing.dirtyTail == dirtyBefore, "the dirty tail must not move past data the device did not take")
+        #expect((h.read(1 << 20, 65536).1 == data) == true, "dirty data stays readable from the cache")
+        #expect((h.backingBytes(1 << 20, 65536) == [UInt8](repeating: 0, count: 65536)) == true)
+
+        // Heal: writeback resumes from the same key-set.
+        for (fd, copy) in saved {
+            #expect(dup2(copy, fd) == fd)
+            close(copy)
+        }
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        #expect((h.backingBytes(1 << 20, 65536) == data) == true)
+    }
+
+    @Test func failedMissReadReturnsTheErrorAndCachesNothing() throws {
+        let h = try CacheHarness()
+        h.ios[0].failReads = EIO
+        #expect(h.read(0, 8192).0 == -EIO)
+        #expect(h.cache.index.withShard(0) { $0.count } == 0, "the placeholder must be gone")
+        h.ios[0].failReads = nil
+        #expect(h.read(0, 8192).0 == 8192)
+        #expect(h.cache.status().counters[.backingErrors] == 1)
+    }
+
+    @Test func writeZeroesWinsOverOlderDirtyData() throws {
+        let h = try CacheHarness()
+        #expect(h.write(0, pattern(22, 16384)) == 16384)
+        #expect(h.run { $0.writeZeroes(tag: 0, offset: 4096, length: 8192, fua: false) } == 0)
+        var expected = pattern(22, 16384)
+        expected.replaceSubrange(4096..<12288, with: [UInt8](repeating: 0, count: 8192))
+        #expect((h.read(0, 16384).1 == expected) == true)
+        #expect(h.flush() == 0)
+        try h.crashAndRestart()
+        #expect((h.read(0, 16384).1 == expected) == true)
+        while h.cache.runWriteback() {}
+        #expect((h.backingBytes(0, 16384) == expected) == true)
+    }
+
+    @Test func discardDropsCachedDataAndReachesTheBackingDevice() throws {
+        let h = try CacheHarness()
+        #expect(h.write(0, pattern(23, 8192)) == 8192)
+        #expect(h.flush() == 0)
+        while h.cache.runWriteback() {}
+        #expect(h.run { $0.discard(tag: 0, offset: 0, length: 8192) } == 0)
+        #expect(h.cache.index.withShard(0) { $0.count } == 0)
+        // The backing file's hole reads as zeros.
+        #expect((h.read(0, 8192).1 == [UInt8](repeating: 0, count: 8192)) == true)
+    }
+
+    @Test func requestBeyondTheDeviceFails() throws {
+        let h = try CacheHarness(backingMiB: 64)
+        #expect(h.read(64 << 20, 4096).0 == -EIO)
+        #expect(h.write((64 << 20) - 2048, pattern(24, 4096)) == -EIO)
     }
 }
