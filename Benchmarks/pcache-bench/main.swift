@@ -67,16 +67,9 @@ func measure(threads: Int, limit: Int = Int.max, _ makeOperation: (Int) -> (inou
     return (Double(all.count) / elapsed, percentile(0.5), percentile(0.99), percentile(0.999))
 }
 
-struct SeededRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+typealias SeededRandom = SplitMix64
+
+extension SplitMix64 {
     mutating func block(in bytes: Int) -> UInt64 { (next() % UInt64(bytes / blockSize)) * UInt64(blockSize) }
 }
 

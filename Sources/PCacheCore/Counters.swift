@@ -19,7 +19,7 @@ public final class QueueCounters: @unchecked Sendable {
 
     @inline(__always)
     func add(_ name: Name, _ amount: UInt64 = 1) {
-        _ = pcs_atomic_add_u64(values + name.rawValue, amount)
+        pcs_single_writer_add_u64(values + name.rawValue, amount)
     }
 
     public subscript(name: Name) -> UInt64 {

@@ -49,5 +49,10 @@ static inline uint32_t pcs_atomic_sub_u32(uint32_t *p, uint32_t v) { return __at
 static inline uint64_t pcs_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void pcs_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t pcs_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+// Adds for a counter with a single writer: a relaxed load and store, no
+// locked read-modify-write; readers on other threads see whole values.
+static inline void pcs_single_writer_add_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
 // Orders the loads before it against the loads after it (seqlock readers).
 static inline void pcs_load_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }

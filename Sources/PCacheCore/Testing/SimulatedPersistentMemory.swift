@@ -305,22 +305,6 @@ public final class SimulatedPersistentMemory: PersistentMemory, @unchecked Senda
     }
 }
 
-/// A small deterministic generator (SplitMix64), for reproducible crash
-/// images and fuzzing.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE5_E9B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 extension SimulatedPersistentMemory {
     /// Counts from `exploreCrashes`.
     public struct CrashExploration: Sendable {
