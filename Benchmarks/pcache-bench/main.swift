@@ -211,6 +211,11 @@ for threads in [1, 2] {
     try cache.stop()
 }
 
+if getenv("PCACHE_BENCH_WRITE_PATH_ONLY") != nil {
+    print("(PCACHE_BENCH_WRITE_PATH_ONLY: stopping after the write-path cells)")
+    exit(0)
+}
+
 // 3. Everything else with the background threads running.
 let (cache, _) = try freshCache(workers: true)
 let workers = (0..<2).map { Worker(cache: cache, id: $0) }
