@@ -186,8 +186,8 @@ cmdline="$cmdline$append"
 qemu+=(-append "$cmdline")
 
 # --- the job script --------------------------------------------------------------------
-inproject() { case "$(realpath -m "$1")" in "$VM_PROJECT"/*) return 0 ;; *) return 1 ;; esac; }
-script=$(realpath "$script")
+inproject() { case "$(realpath -m -s "$1")" in "$VM_PROJECT"/*) return 0 ;; *) return 1 ;; esac; }
+script=$(realpath -s "$script")
 if ! inproject "$script"; then
     cp "$script" "$job/$(basename "$script")"
     script="$job/$(basename "$script")"
@@ -195,7 +195,7 @@ fi
 {
     echo "# written by vm-run.sh"
     if [ -n "${PCACHE_BIN:-}" ]; then
-        pbin=$(realpath -m "$PCACHE_BIN")
+        pbin=$(realpath -m -s "$PCACHE_BIN")
         if [ -e "$pbin" ] && ! inproject "$pbin"; then
             cp "$pbin" "$job/pcache-ublk" && pbin="$job/pcache-ublk"
         fi

@@ -74,19 +74,7 @@ int main(int argc, char **argv)
     printf("path: %s\n", path);
     printf("kind: %s\n", !exists ? "new file" : S_ISCHR(st.st_mode) ? "char device" : S_ISBLK(st.st_mode) ? "block device" : "file");
 
-    /* 1. A plain MAP_SHARED_VALIDATE | MAP_SYNC mapping: the kernel grants it only for DAX. */
-    size_t len = want ? want : size_of(path);
-    if (exists && len > 0) {
-        int fd = open(path, O_RDWR);
-        void *p = fd < 0 ? MAP_FAILED : mmap(NULL, 1 << 21, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
-        printf("map_sync: %s\n", p != MAP_FAILED ? "yes" : strerror(errno));
-        if (p != MAP_FAILED)
-            munmap(p, 1 << 21);
-        if (fd >= 0)
-            close(fd);
-    }
-
-    /* 2. libpmem's own view. */
+    /* 1. libpmem's own view. */
     size_t mapped = 0;
     int is_pmem = 0;
     void *addr;
@@ -96,7 +84,7 @@ int main(int argc, char **argv)
         /* libpmem sizes files with stat(), which says 0 for block devices:
          * map it ourselves (libpmem then cannot know it is DAX). */
         int fd = open(path, O_RDWR);
-        mapped = len;
+        mapped = want ? want : size_of(path);
         addr = fd < 0 ? MAP_FAILED : mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (addr == MAP_FAILED)
             addr = NULL;
@@ -113,6 +101,19 @@ int main(int argc, char **argv)
     printf("pmem_map_is_pmem: %d\n", is_pmem);
     printf("pmem_is_pmem: %d\n", pmem_is_pmem(addr, mapped));
     printf("pmem_has_auto_flush: %d\n", pmem_has_auto_flush());
+
+    /* 2. A plain MAP_SHARED_VALIDATE | MAP_SYNC mapping: the kernel grants it
+     *    only where stores reach the media without the page cache (DAX). */
+    {
+        size_t probe = mapped < (1 << 21) ? mapped : (1 << 21);
+        int fd = open(path, O_RDWR);
+        void *p = fd < 0 ? MAP_FAILED : mmap(NULL, probe, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+        printf("map_sync: %s\n", p != MAP_FAILED ? "yes" : strerror(errno));
+        if (p != MAP_FAILED)
+            munmap(p, probe);
+        if (fd >= 0)
+            close(fd);
+    }
 
     /* 3. Timings over a 64 MiB window (or the mapping, if smaller). */
     size_t window = mapped < (64 << 20) ? mapped : (64 << 20);
