@@ -195,17 +195,25 @@ vm_build_tools() {
     done
 }
 
-# Converts a size (4096, 512K, 256M, 2G, 1T) to MiB; dies when not whole MiB.
-vm_mib() {
-    local s=$1 n unit
+# vm_size VAR SIZE [UNIT]: sets VAR to SIZE (4096, 512K, 256M, 2G, 1T) in
+# bytes, or in MiB with UNIT=M; exits with a message when SIZE is not valid or,
+# for MiB, not a whole number of them. (Sets a variable rather than printing,
+# so that the exit happens in the calling shell.)
+vm_size() {
+    local var=$1 s=$2 n unit bytes
     n=${s%[KkMmGgTt]}
     unit=${s#"$n"}
     [[ $n =~ ^[0-9]+$ ]] || vm_die "bad size: $s"
     case "$unit" in
-        '') ((n % 1048576 == 0)) || vm_die "size $s is not a whole number of MiB"; echo $((n / 1048576)) ;;
-        K | k) ((n % 1024 == 0)) || vm_die "size $s is not a whole number of MiB"; echo $((n / 1024)) ;;
-        M | m) echo "$n" ;;
-        G | g) echo $((n * 1024)) ;;
-        T | t) echo $((n * 1024 * 1024)) ;;
+        '') bytes=$n ;;
+        K | k) bytes=$((n << 10)) ;;
+        M | m) bytes=$((n << 20)) ;;
+        G | g) bytes=$((n << 30)) ;;
+        T | t) bytes=$((n << 40)) ;;
     esac
+    if [ "${3:-}" = M ]; then
+        ((bytes % 1048576 == 0)) || vm_die "size $s is not a whole number of MiB"
+        bytes=$((bytes >> 20))
+    fi
+    printf -v "$var" '%s' "$bytes"
 }

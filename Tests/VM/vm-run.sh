@@ -13,7 +13,7 @@
 #   --smp N               guest CPUs (default 2)
 #   --pmem SIZE[@OFFSET]  carve /dev/pmem0 out of guest RAM with memmap=SIZE!OFFSET
 #                         (DAX-capable, contents lost at every boot). Default offset 1G
-#                         (4G when SIZE > 2G)
+#                         (4G when SIZE > 1.5G); RAM grows by SIZE unless --mem is given
 #   --nvdimm FILE:SIZE    a QEMU NVDIMM backed by FILE (created sparse when missing):
 #                         its contents survive the VM, so a later run can boot on it
 #   --nvdimm-label-size SIZE  give the NVDIMM a label area (namespaces with labels)
@@ -56,7 +56,7 @@ disks=() envs=() expects=() qemu_extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --timeout) timeout=$2; shift 2 ;;
-        --mem) mem=$(vm_mib "$2"); shift 2 ;;
+        --mem) vm_size mem "$2" M; shift 2 ;;
         --smp) smp=$2; shift 2 ;;
         --pmem) pmem=$2; shift 2 ;;
         --nvdimm) nvdimm=$2; shift 2 ;;
@@ -116,18 +116,21 @@ machine=pc
 extra_mem=0
 expect=()
 if [ -n "$pmem" ]; then
-    psize=$(vm_mib "${pmem%@*}")
-    if [[ $pmem == *@* ]]; then
-        poff=$(vm_mib "${pmem#*@}")
-    elif ((psize <= 2048)); then
+    vm_size psize "${pmem%@*}" M
+    # QEMU's pc machine puts RAM below 3 GiB, or, from 3.5 GiB of RAM on, 3 GiB
+    # low and the rest from 4 GiB up. The carved range must lie inside one part.
+    if ((psize <= 1536)); then
         poff=1024
+        extra_mem=$psize
     else
         poff=4096
+        extra_mem=$((psize + 1536)) # 3 GiB low, the pmem high
+    fi
+    if [[ $pmem == *@* ]]; then
+        vm_size poff "${pmem#*@}" M
+        extra_mem=$((poff + psize)) # RAM up to the end of the range
     fi
     cmdline="$cmdline memmap=${psize}M!${poff}M"
-    # RAM must cover the carved range, with room to spare for the system.
-    extra_mem=$psize
-    ((poff >= 4096)) && extra_mem=$((poff - 4096 + psize + 1536))
     expect+=(pmem0)
 fi
 mem=${mem:-$((1536 + extra_mem))}
@@ -138,7 +141,7 @@ qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -nodefaults -no-reboot
 if [ -n "$nvdimm" ]; then
     [[ $nvdimm == *:* ]] || fail "--nvdimm wants FILE:SIZE"
     nfile=${nvdimm%:*}
-    nsize=$(vm_mib "${nvdimm##*:}")
+    vm_size nsize "${nvdimm##*:}" M
     if [ ! -e "$nfile" ]; then
         truncate -s "${nsize}M" "$nfile" || fail "cannot create $nfile"
     fi
@@ -147,7 +150,10 @@ if [ -n "$nvdimm" ]; then
     machine="pc,nvdimm=on"
     mem_arg="${mem}M,slots=2,maxmem=$((mem + nsize))M"
     ndev="nvdimm,id=nvdimm0,memdev=nvmem0"
-    [ -z "$nvdimm_label" ] || ndev="$ndev,label-size=$(($(vm_mib "$nvdimm_label") * 1048576))"
+    if [ -n "$nvdimm_label" ]; then
+        vm_size lsize "$nvdimm_label"
+        ndev="$ndev,label-size=$lsize"
+    fi
     qemu+=(-object "memory-backend-file,id=nvmem0,share=on,mem-path=$nfile,size=${nsize}M"
         -device "$ndev")
     if [ -n "$pmem" ]; then expect+=("pmem1|dax0.0|dax1.0"); else expect+=("pmem0|dax0.0"); fi
@@ -164,8 +170,9 @@ for d in "${disks[@]}"; do
         dfile="$job/disk$i.img"
         dsize=$d
     fi
+    vm_size dbytes "$dsize"
     if [ ! -e "$dfile" ]; then
-        truncate -s "$(vm_mib "$dsize")M" "$dfile" || fail "cannot create $dfile"
+        truncate -s "$dbytes" "$dfile" || fail "cannot create $dfile"
     fi
     qemu+=(-drive "file=$dfile,format=raw,if=virtio,cache=$disk_cache,discard=unmap")
     expect+=("vd${letters[$i]}")
