@@ -50,8 +50,8 @@ usage() {
 }
 
 timeout=${VM_TIMEOUT:-300}
-mem= smp=2 pmem= nvdimm= nvdimm_label= disk_cache=writeback verbose=0
-kill_after= kill_on= result_file= log_file= append=
+mem='' smp=2 pmem='' nvdimm='' nvdimm_label='' disk_cache=writeback verbose=0
+kill_after='' kill_on='' result_file='' log_file='' append=''
 disks=() envs=() expects=() qemu_extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -98,7 +98,7 @@ vm_build_tools
 mkdir -p "$VM_CACHE/work"
 job=$(mktemp -d "$VM_CACHE/work/run-XXXXXX")
 nonce=${job##*-}
-qpid=
+qpid=''
 cleanup() {
     if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
         kill -KILL "$qpid" 2>/dev/null
@@ -234,7 +234,7 @@ start=$SECONDS
 deadline=$((start + timeout))
 kill_at=
 [ -z "$kill_after" ] || kill_at=$((start + kill_after))
-status= panic= setup_failed= outcome= tail=()
+status='' panic='' setup_failed='' outcome='' tail=()
 
 on_line() {
     local l=${1%$'\r'}
@@ -281,7 +281,7 @@ while :; do
 done
 wait "$qpid" 2>/dev/null
 qrc=$?
-qpid=
+qpid=''
 exec {con}<&- {log}>&-
 [ -n "$status" ] || status=$(cat "$job/status" 2>/dev/null)
 elapsed=$((SECONDS - start))

@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # The benchmark's part inside the VM (Tests/VM/bench.sh boots it):
 # /dev/pmem0 (1 GiB) is the cache device, /dev/vda (4 GiB) the backing disk.
 #
@@ -54,7 +55,7 @@ iops() {
 
 results=()
 for t in "${targets[@]}"; do
-    dev=$(setup_$t)
+    dev=$("setup_$t")
     if [ -z "$dev" ] || [ ! -b "$dev" ]; then
         results+=("$(printf '%-22s %12s %12s' "${label[$t]}" "-" "-")  (${missing[$t]:-setup failed})")
         continue
@@ -62,7 +63,7 @@ for t in "${targets[@]}"; do
     echo "bench: ${label[$t]} ($dev) ..." >&2
     q1=$(iops "$dev" 1)
     q32=$(iops "$dev" 32)
-    teardown_$t
+    "teardown_$t"
     results+=("$(printf '%-22s %12s %12s' "${label[$t]}" "${q1:-error}" "${q32:-error}")")
 done
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # The demo's part inside the VM (Tests/VM/demo.sh boots it): /dev/pmem0 is the
 # cache (512 MiB), /dev/vda the slow backing disk (2 GiB).
 set -uo pipefail

@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # shellcheck shell=bash
 # Sourced inside the VM by scenario scripts (Tests/VM/scenarios/*.sh):
 #
@@ -53,6 +54,21 @@ must() {
         echo "   (cannot go on)"
         finish
     }
+}
+
+# pmem_mode MODE [NAMESPACE]: reconfigures a pmem namespace (default
+# namespace0.0) to devdax or fsdax and prints the device it now has
+# (/dev/daxN.M or /dev/pmemN). devdax is the one that gives a process a real
+# DAX mapping of a whole device (see Tests/VM/README.md).
+pmem_mode() {
+    local mode=$1 ns=${2:-namespace0.0} out dev
+    out=$(ndctl create-namespace -f -e "$ns" -m "$mode" 2>&1) || {
+        printf '%s\n' "$out" >&2
+        return 1
+    }
+    dev=$(printf '%s\n' "$out" | sed -n 's/.*"\(chardev\|blockdev\)":"\([^"]*\)".*/\2/p' | head -n 1)
+    [ -n "$dev" ] && [ -e "/dev/$dev" ] || return 1
+    echo "/dev/$dev"
 }
 
 # finish: prints the tally and exits (1 when a check failed).

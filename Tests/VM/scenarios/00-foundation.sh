@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Foundation: what every other VM test relies on is there and works.
 # vm-run: --pmem 256M --disk 256M
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"

@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Harness self-test for power-cut tests: a file-backed NVDIMM and a disk image
 # keep what the guest wrote when QEMU is killed abruptly, a second boot on the
 # same files sees it, a hung guest is stopped by the timeout and a kernel
