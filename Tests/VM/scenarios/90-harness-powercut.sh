@@ -46,13 +46,13 @@ rc=$?
 
 echo "-- boot 3: a guest that hangs is killed by --timeout"
 echo 'echo hanging; sleep 1000' >"$dir/hang.sh"
-"$VM_RUN" --timeout 10 --result-file "$dir/r3" "$dir/hang.sh" >/dev/null 2>&1
+"$VM_RUN" --timeout 10 --log "$dir/hang.log" --result-file "$dir/r3" "$dir/hang.sh" >/dev/null 2>&1
 rc=$?
 [ $rc -eq 124 ] && [ "$(cat "$dir/r3")" = timeout ] && ok "timeout reported (exit 124)" || bad "boot 3: exit $rc, result $(cat "$dir/r3" 2>/dev/null)"
 
 echo "-- boot 4: a kernel crash is reported as a panic"
 echo 'echo c >/proc/sysrq-trigger; sleep 100' >"$dir/crash.sh"
-"$VM_RUN" --timeout 60 --result-file "$dir/r4" "$dir/crash.sh" >"$dir/crash.out" 2>&1
+"$VM_RUN" --timeout 60 --log "$dir/crash.log" --result-file "$dir/r4" "$dir/crash.sh" >"$dir/crash.out" 2>&1
 rc=$?
 [ $rc -eq 125 ] && [ "$(cat "$dir/r4")" = panic ] && grep -q 'KERNEL PANIC' "$dir/crash.out" &&
     ok "panic reported (exit 125)" || bad "boot 4: exit $rc, result $(cat "$dir/r4" 2>/dev/null)"
