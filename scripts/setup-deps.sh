@@ -5,8 +5,8 @@ set -euo pipefail
 
 packages=(
     pkg-config liburing-dev libpmem-dev libndctl-dev   # build
-    qemu-system-x86 busybox-static xz-utils cpio       # VM harness
-    fio e2fsprogs dmsetup                              # used inside the VM
+    qemu-system-x86 busybox-static xz-utils cpio gcc   # VM harness (gcc: Tests/VM/tools)
+    fio e2fsprogs dmsetup ndctl daxctl                 # used inside the VM
 )
 
 missing=()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# bench.sh [RUNTIME_SECS] (make bench-vm): one VM, fio 4 KiB random writes at
+# queue depth 1 and 32 on each block device worth comparing; prints an IOPS
+# table (also written to vm-out/bench-vm.txt). The work is in
+# Tests/VM/guest/bench.sh.
+#
+# Numbers come from QEMU's software CPU emulation (TCG): compare the columns
+# with each other, not with real hardware.
+set -uo pipefail
+# shellcheck source=Tests/VM/vm-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vm-lib.sh"
+export PCACHE_BIN=${PCACHE_BIN:-$VM_PROJECT/.build-static/release/pcache-ublk}
+runtime=${1:-${BENCH_RUNTIME:-5}}
+
+# The backing disk bypasses the host's page cache (cache=none), so it behaves
+# like a disk rather than like RAM.
+exec "$VM_DIR/vm-run.sh" --timeout "${VM_TIMEOUT:-900}" --pmem 1G --disk 4G --disk-cache none \
+    -e BENCH_RUNTIME="$runtime" "$VM_DIR/guest/bench.sh"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Harness self-test for power-cut tests: a file-backed NVDIMM and a disk image
+# keep what the guest wrote when QEMU is killed abruptly, a second boot on the
+# same files sees it, a hung guest is stopped by the timeout and a kernel
+# crash is reported.
+# runs-on: host
+set -uo pipefail
+: "${VM_RUN:?run me through Tests/VM/run-tests.sh}" "${VM_CACHE:?}"
+mkdir -p "$VM_CACHE/work"
+dir=$(mktemp -d "$VM_CACHE/work/powercut.XXXXXX") && [ -d "$dir" ] || exit 1
+trap 'rm -rf "$dir"' EXIT
+failed=0
+ok() { echo "   ok    $*"; }
+bad() {
+    echo "   FAIL  $*"
+    failed=1
+}
+
+cat >"$dir/write.sh" <<'EOF'
+set -e
+for dev in /dev/pmem0 /dev/vda; do
+    echo "$1 on $dev" | dd of=$dev bs=4096 conv=sync oflag=direct status=none
+done
+echo WRITES-DONE
+sleep 1000
+EOF
+cat >"$dir/read.sh" <<'EOF'
+for dev in /dev/pmem0 /dev/vda; do
+    got=$(dd if=$dev bs=4096 count=1 iflag=direct status=none | tr -d '\0')
+    echo "read back: $got"
+    [ "$got" = "$1 on $dev" ] || exit 1
+done
+EOF
+machine=(--nvdimm "$dir/nvdimm.img:64M" --disk "$dir/disk.img:64M")
+tag="cut-$RANDOM"
+
+echo "-- boot 1: write, then power cut on the WRITES-DONE line"
+"$VM_RUN" "${machine[@]}" --kill-on WRITES-DONE --result-file "$dir/r1" "$dir/write.sh" "$tag"
+rc=$?
+[ $rc -eq 0 ] && [ "$(cat "$dir/r1")" = killed ] && ok "QEMU killed on the marker" || bad "boot 1: exit $rc, result $(cat "$dir/r1" 2>/dev/null)"
+
+echo "-- boot 2: same NVDIMM and disk files"
+"$VM_RUN" "${machine[@]}" --result-file "$dir/r2" "$dir/read.sh" "$tag"
+rc=$?
+[ $rc -eq 0 ] && ok "the NVDIMM and the disk kept the writes" || bad "boot 2: exit $rc, result $(cat "$dir/r2" 2>/dev/null)"
+
+echo "-- boot 3: a guest that hangs is killed by --timeout"
+echo 'echo hanging; sleep 1000' >"$dir/hang.sh"
+"$VM_RUN" --timeout 10 --log "$dir/hang.log" --result-file "$dir/r3" "$dir/hang.sh" >/dev/null 2>&1
+rc=$?
+[ $rc -eq 124 ] && [ "$(cat "$dir/r3")" = timeout ] && ok "timeout reported (exit 124)" || bad "boot 3: exit $rc, result $(cat "$dir/r3" 2>/dev/null)"
+
+echo "-- boot 4: a kernel crash is reported as a panic"
+echo 'echo c >/proc/sysrq-trigger; sleep 100' >"$dir/crash.sh"
+"$VM_RUN" --timeout 60 --log "$dir/crash.log" --result-file "$dir/r4" "$dir/crash.sh" >"$dir/crash.out" 2>&1
+rc=$?
+[ $rc -eq 125 ] && [ "$(cat "$dir/r4")" = panic ] && grep -q 'KERNEL PANIC' "$dir/crash.out" &&
+    ok "panic reported (exit 125)" || bad "boot 4: exit $rc, result $(cat "$dir/r4" 2>/dev/null)"
+
+exit $failed
