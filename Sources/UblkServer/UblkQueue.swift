@@ -285,7 +285,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
             tagState[index] = Self.owned
             ownedCount += 1
             served &+= 1
-            if served & 0x3FF == 0 { requestsServed.store(served, ordering: .relaxed) }
+            requestsServed.store(served, ordering: .relaxed)
             let d = descriptors![index]
             let request = UblkRequest(
                 tag: tag, op: UInt8(truncatingIfNeeded: d.op_flags), flags: d.op_flags & ~0xFF,
