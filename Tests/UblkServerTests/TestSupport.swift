@@ -1,5 +1,6 @@
 import Glibc
 import PCacheCore
+import Synchronization
 
 /// A temporary directory removed (with its files) when released.
 final class TemporaryDirectory {
@@ -65,4 +66,11 @@ func fileDigest(_ path: String) -> (size: Int, crc: UInt32)? {
         size += n
     }
     return (size, crc)
+}
+
+/// A Mutex in a class, so closures can share it.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
 }
