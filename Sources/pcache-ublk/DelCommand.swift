@@ -31,18 +31,19 @@ enum DelCommand {
             }
             let flush = parsed.has("flush")
             let timeout = try parsed.int("timeout", range: 1...86400) ?? (flush ? 3600 : 120)
+            let given = try parsed.deviceID()
+            if parsed.has("all") && given != nil { throw UblkCLI.UsageError("-n and --all exclude each other") }
+            if !parsed.has("all") && given == nil { throw UblkCLI.UsageError("-n <id> or --all is required") }
             let control = try UblkControl()
             var ids: [UInt32]
             if parsed.has("all") {
-                guard parsed.value("id") == nil else { throw UblkCLI.UsageError("-n and --all exclude each other") }
                 ids = UblkCLI.deviceIDs().filter { (try? control.deviceInfo($0).isOurs) == true }
                 if ids.isEmpty {
                     UblkCLI.printOut("no pcache-ublk devices")
                     return 0
                 }
             } else {
-                guard let id = try parsed.deviceID() else { throw UblkCLI.UsageError("-n <id> or --all is required") }
-                ids = [id]
+                ids = [given!]
             }
             var status: Int32 = 0
             for id in ids {
