@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
@@ -38,6 +39,12 @@ void pcs_set_thread_name(const char *name) {
 }
 
 int pcs_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0 ? 0 : -errno; }
+
+int pcs_punch_hole(int fd, uint64_t offset, uint64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : -errno;
+}
+
+int pcs_punch_hole_mode(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; }
 
 unsigned pcs_major(uint64_t dev) { return major(dev); }
 unsigned pcs_minor(uint64_t dev) { return minor(dev); }

@@ -12,6 +12,8 @@ public protocol QueueIO: AnyObject {
     func submitRead(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64, userData: UInt64)
     func submitWrite(fd: Int32, from buffer: UnsafeRawPointer, count: Int, offset: UInt64, userData: UInt64)
     func submitFlush(fd: Int32, userData: UInt64)
+    /// Deallocates (discards) a byte range: fallocate(PUNCH_HOLE | KEEP_SIZE).
+    func submitDiscard(fd: Int32, offset: UInt64, length: UInt64, userData: UInt64)
     /// Completes a request the handler left pending: `result` is bytes done or -errno.
     func completeRequest(tag: UInt16, result: Int32)
 }

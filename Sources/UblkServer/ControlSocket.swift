@@ -129,7 +129,18 @@ public final class ControlSocketServer: @unchecked Sendable {
         }
         for f in wakePipe { _ = fcntl(f, F_SETFD, FD_CLOEXEC) }
         listenFD = fd
-        thread = try OSThread(name: "pcache-ctl") { [self] in serve() }
+        let thread = OSThread(name: "pcache-ctl") { [self] in serve() }
+        do {
+            try thread.start()
+        } catch {
+            close(fd)
+            listenFD = -1
+            unlink(path)
+            for f in wakePipe { close(f) }
+            wakePipe = [-1, -1]
+            throw error
+        }
+        self.thread = thread
     }
 
     /// Stops the thread, closes and removes the socket. Idempotent.
@@ -140,6 +151,7 @@ public final class ControlSocketServer: @unchecked Sendable {
             _ = write(wakePipe[1], &one, 1)
         }
         thread?.join()
+        thread = nil
         if listenFD >= 0 {
             close(listenFD)
             unlink(path)

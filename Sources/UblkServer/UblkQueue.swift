@@ -118,10 +118,12 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     /// Starts the thread and waits until it has fetched every tag (or failed).
     public func start() throws {
-        thread = try OSThread(name: "ublk\(deviceID)q\(queueID)") { [self] in run() }
+        let thread = OSThread(name: "ublk\(deviceID)q\(queueID)") { [self] in run() }
+        try thread.start()
+        self.thread = thread
         setupFinished.wait()
         if let failure = setupFailure.withLock({ $0 }) {
-            thread?.join()
+            join()
             throw failure
         }
     }
@@ -135,7 +137,12 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     public var hasExited: Bool { exitedFlag.load(ordering: .acquiring) }
 
-    public func join() { thread?.join() }
+    /// Waits for the thread to end. Idempotent (call from one thread).
+    public func join() {
+        guard let thread else { return }
+        self.thread = nil
+        thread.join()
+    }
 
     // MARK: The thread
 
@@ -361,6 +368,14 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         assert(userData < UblkQueue.handlerUserDataLimit)
         handlerInFlight += 1
         ring!.prepareFsync(fd: fd, userData: userData)
+    }
+
+    public func submitDiscard(fd: Int32, offset: UInt64, length: UInt64, userData: UInt64) {
+        assert(userData < UblkQueue.handlerUserDataLimit)
+        handlerInFlight += 1
+        let sqe = ring!.nextSQE()
+        io_uring_prep_fallocate(sqe, fd, pcs_punch_hole_mode(), off_t(offset), off_t(length))
+        sqe.pointee.user_data = userData
     }
 
     public func completeRequest(tag: UInt16, result: Int32) {

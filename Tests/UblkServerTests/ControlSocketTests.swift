@@ -220,13 +220,14 @@ final class SocketFixture {
         var threads: [OSThread] = []
         let path = f.path
         for _ in 0..<8 {
-            threads.append(try OSThread(name: "client") {
+            threads.append(OSThread(name: "client") {
                 for _ in 0..<25 {
                     let reply = try? ControlSocketClient.request(path: path, "status", timeout: 10)
                     if reply != .ok(["0 2097152 pcache 0 63 63 1 70 1182 0:0 0:0 0:0"]) { failures.increment() }
                 }
             })
         }
+        for t in threads { try t.start() }
         for t in threads { t.join() }
         #expect(failures.value == 0)
         #expect(f.target.seen.withLock { $0.count } == 200)

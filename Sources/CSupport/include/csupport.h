@@ -29,8 +29,30 @@ void pcs_set_thread_name(const char *name);
 // PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse
 // into writeback of the device it serves. 0 or -errno.
 int pcs_set_io_flusher(void);
+// fallocate(PUNCH_HOLE | KEEP_SIZE): discards a range. 0 or -errno.
+int pcs_punch_hole(int fd, uint64_t offset, uint64_t length);
+// The fallocate mode for that, for io_uring's IORING_OP_FALLOCATE.
+int pcs_punch_hole_mode(void);
 // Major and minor numbers of a dev_t.
 unsigned pcs_major(uint64_t dev);
 unsigned pcs_minor(uint64_t dev);
 
 #endif
+
+// ---- atomics on plain memory ------------------------------------------------
+// Swift's Atomic cannot live in manually allocated arrays; these let per-segment
+// counters sit in one flat allocation.
+static inline uint32_t pcs_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pcs_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t pcs_atomic_add_u32(uint32_t *p, uint32_t v) { return __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
+static inline uint32_t pcs_atomic_sub_u32(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_ACQ_REL); }
+static inline uint64_t pcs_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pcs_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t pcs_atomic_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+// Adds for a counter with a single writer: a relaxed load and store, no
+// locked read-modify-write; readers on other threads see whole values.
+static inline void pcs_single_writer_add_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+// Orders the loads before it against the loads after it (seqlock readers).
+static inline void pcs_load_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }

@@ -2,42 +2,6 @@ import CSupport
 import Glibc
 import PCacheCore
 
-/// A joinable POSIX thread running a Swift closure (Foundation-free).
-public final class OSThread: @unchecked Sendable {
-    private var handle = pthread_t()
-    private var joined = false
-
-    private final class Box {
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    /// Starts `body` on a new thread. The thread inherits the caller's
-    /// signal mask.
-    public init(name: String, _ body: @escaping @Sendable () -> Void) throws {
-        let box = Unmanaged.passRetained(Box({
-            name.withCString { pcs_set_thread_name($0) }
-            body()
-        })).toOpaque()
-        let rc = pthread_create(&handle, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
-        if rc != 0 {
-            Unmanaged<Box>.fromOpaque(box).release()
-            throw SystemError(errno: rc, "pthread_create(\(name))")
-        }
-    }
-
-    /// Waits for the thread to finish. Idempotent.
-    public func join() {
-        if joined { return }
-        joined = true
-        pthread_join(handle, nil)
-    }
-}
-
 /// A counting semaphore (sem_t on the heap, as it must not move).
 public final class Semaphore: @unchecked Sendable {
     private let sem: UnsafeMutablePointer<sem_t>

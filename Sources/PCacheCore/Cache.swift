@@ -1,0 +1,384 @@
+import CSupport
+import Glibc
+
+/// Options a cache is started with (the table's optional arguments and ours).
+public struct CacheConfiguration: Sendable {
+    public var dataCRC = false
+    public var cacheMode: CacheMode = .writeback
+    /// Key-sets being filled at once; the kernel uses one per CPU. One per
+    /// ublk queue keeps FLUSH cheap and appends uncontended.
+    public var keySetCount = 1
+    /// Bytes the device exposes; must equal the backing size (nil: take it).
+    public var logicalBytes: UInt64? = nil
+    /// Start the writeback and housekeeping threads. Tests turn this off and
+    /// drive `runWriteback()` / `runGarbageCollection()` themselves.
+    public var startWorkers = true
+    /// Smallest cache device accepted; lowered only by tests.
+    var minimumCacheBytes = PCacheLayout.minimumDeviceSize
+    /// Tests only: a new cache starts its key log this many bytes before the
+    /// end of segment 0, so key-set chaining across segments comes soon.
+    var keyLogStartsBeforeSegmentEnd: Int? = nil
+
+    public init() {}
+}
+
+/// A running pcache: the cache device, the backing device, the index and the
+/// background work (dm-pcache's `pcache_cache`). Queues get a `CacheQueue`
+/// each from `makeQueue`; everything here is shared between them.
+public final class Cache: @unchecked Sendable {
+    public let memory: PersistentMemory
+    public let device: CacheDevice
+    public let metadata: CacheMetadata
+    public let backing: BackingDevice
+    public let dataCRC: Bool
+    public let logicalBytes: UInt64
+    public let replayOutcome: (keySets: Int, keys: Int, staleKeys: Int)
+
+    let pool: SegmentPool
+    let index: CacheIndex
+    let keyLog: KeyLog
+    let keySets: OpenKeySets
+    let reader: KeyLogReader
+    private let dataAreaOffsets: UnsafeMutablePointer<Int>
+    private var writeback: Writeback!
+    private var collector: GarbageCollector!
+
+    static let zeroBufferSize = 1 << 20
+    let zeroBuffer: UnsafeMutableRawPointer
+
+    private let gcPercentValue: UnsafeMutablePointer<UInt32>
+    var gcPercent: UInt8 { UInt8(pcs_atomic_load_u32(gcPercentValue)) }
+
+    // Wake-ups for queues with deferred requests, by queue id.
+    private let wakeLock = PThreadMutex()
+    private var deferredWakers: [Int: QueueWaker] = [:]
+    private var queueCounters: [QueueCounters] = []
+    private let invalidationsSinceClean: UnsafeMutablePointer<UInt32>
+
+    // Background threads.
+    private let workerLock = PThreadMutex()
+    private let workerCondition = PThreadCondition()
+    private var workersStopping = false
+    private var writebackKicked = false
+    private var housekeepingKicked = false
+    private var threads: [OSThread] = []
+
+    /// Opens (formatting on first use, as the kernel does) and starts a cache.
+    public convenience init(cachePath: String, backingPath: String, configuration: CacheConfiguration) throws {
+        let memory = try MappedPersistentMemory(path: cachePath)
+        let backing = try BackingDevice(path: backingPath)
+        try self.init(memory: memory, backing: backing, configuration: configuration)
+    }
+
+    public init(memory: PersistentMemory, backing: BackingDevice, configuration: CacheConfiguration) throws {
+        let logical = configuration.logicalBytes ?? backing.size
+        guard logical == backing.size else {
+            throw CacheError.sizeMismatch(tableBytes: logical, backingPath: backing.path, backingBytes: backing.size)
+        }
+        self.memory = memory
+        self.backing = backing
+        logicalBytes = logical
+        device = try CacheDevice.open(memory: memory, minimumSize: configuration.minimumCacheBytes)
+        metadata = try CacheMetadata.open(device: device, dataCRC: configuration.dataCRC, cacheMode: configuration.cacheMode)
+        dataCRC = metadata.info.dataCRC
+
+        let segments = metadata.segmentCount
+        dataAreaOffsets = .allocate(capacity: Int(segments))
+        for id in 0..<segments { dataAreaOffsets[Int(id)] = metadata.dataAreaOffset(id) }
+        let metadata = self.metadata
+        pool = SegmentPool(count: segments) { metadata.segmentGeneration($0) }
+        index = CacheIndex(backingBytes: logical)
+        reader = KeyLogReader(memory: memory, segmentCount: segments, dataAreaOffsets: dataAreaOffsets, backingBytes: logical)
+
+        if metadata.isNewCache, let distance = configuration.keyLogStartsBeforeSegmentEnd {
+            let start = CachePosition(cacheSegID: 0, segOff: UInt32(PCacheLayout.segmentDataSize - distance))
+            memory.persistZero(at: metadata.deviceOffset(of: start), count: PCacheLayout.ksetHeaderSize)
+            metadata.persistDirtyTail(start)
+            metadata.persistKeyTail(start)
+        }
+        let outcome = try Replay(reader: reader, pool: pool, index: index, dataCRC: dataCRC).run(from: metadata.keyTail)
+        replayOutcome = (outcome.keySets, outcome.keys, outcome.staleKeys)
+        let offsets = dataAreaOffsets
+        keyLog = KeyLog(memory: memory, pool: pool, head: outcome.keyHead) { offsets[Int($0)] }
+        keySets = OpenKeySets(count: configuration.keySetCount, keyLog: keyLog, dataCRC: dataCRC)
+
+        zeroBuffer = .allocate(byteCount: Self.zeroBufferSize, alignment: 4096)
+        zeroBuffer.initializeMemory(as: UInt8.self, repeating: 0, count: Self.zeroBufferSize)
+        gcPercentValue = .allocate(capacity: 1)
+        gcPercentValue.initialize(to: UInt32(metadata.info.gcPercent))
+        invalidationsSinceClean = .allocate(capacity: 1)
+        invalidationsSinceClean.initialize(to: 0)
+
+        writeback = try Writeback(cache: self)
+        collector = GarbageCollector(cache: self)
+        pool.onSegmentFreed = { [unowned self] in self.segmentFreed() }
+
+        // Every start rewrites cache_info, with INIT_DONE from the first on.
+        metadata.persistCacheInfo(setInitDone: true)
+        if configuration.startWorkers { try startWorkers() }
+    }
+
+    deinit {
+        stopWorkers()
+        dataAreaOffsets.deallocate()
+        zeroBuffer.deallocate()
+        gcPercentValue.deallocate()
+        invalidationsSinceClean.deallocate()
+    }
+
+    // MARK: Queues
+
+    /// The per-queue front end for queue `id` with `depth` tags.
+    public func makeQueue(id: Int, depth: Int, io: QueueIO, waker: QueueWaker) -> CacheQueue {
+        let queue = CacheQueue(cache: self, id: id, depth: depth, io: io, waker: waker)
+        wakeLock.withLock { queueCounters.append(queue.counters) }
+        return queue
+    }
+
+    func queueHasDeferred(_ queue: CacheQueue, _ has: Bool) {
+        wakeLock.withLock { deferredWakers[queue.id] = has ? queue.waker : nil }
+    }
+
+    private func segmentFreed() {
+        let wakers = wakeLock.withLock { Array(deferredWakers.values) }
+        for waker in wakers { waker.wake() }
+    }
+
+    /// Something waits for space: make sure GC looks now.
+    func kickReclaim() {
+        workerLock.withLock { housekeepingKicked = true }
+        workerCondition.broadcast()
+    }
+
+    func kickWriteback() {
+        workerLock.withLock { writebackKicked = true }
+        workerCondition.broadcast()
+    }
+
+    // MARK: Segments
+
+    /// Byte offset on the cache device of `offset` in cache segment `segment`'s data area.
+    @inline(__always)
+    func dataOffset(_ segment: UInt32, _ offset: UInt32) -> Int {
+        dataAreaOffsets[Int(segment)] + Int(offset)
+    }
+
+    /// A data segment lost its last reference: bump and persist its
+    /// generation (every key still pointing at it is now stale), then free it.
+    func invalidate(_ segment: UInt32) {
+        let generation = pool.bumpGeneration(segment)
+        metadata.persistSegmentGeneration(segment, generation)
+        _ = pcs_atomic_add_u32(invalidationsSinceClean, 1)
+        pool.release(segment)
+    }
+
+    /// Removes stale keys from the index, a few at a time per lock hold
+    /// (dm-pcache's key cleaner). Reads also drop stale keys on contact.
+    func cleanStaleKeys() {
+        guard pcs_atomic_load_u32(invalidationsSinceClean) > 0 else { return }
+        pcs_atomic_store_u32(invalidationsSinceClean, 0)
+        let pool = self.pool
+        for subtree in 0..<index.count {
+            while index.withShard(subtree, { keys in
+                keys.removeStale(limit: 64) { !pool.isCurrent(segment: $0.segment, keyGeneration: $0.generation) }
+            }) == 64 {}
+        }
+    }
+
+    // MARK: Background work
+
+    /// Writes back one key-set; for tests that run without worker threads.
+    @discardableResult
+    public func runWriteback() -> Bool { writeback.step() == .progressed }
+
+    /// Collects one key-set; for tests that run without worker threads.
+    @discardableResult
+    public func runGarbageCollection() -> Bool {
+        let progressed = collector.step()
+        cleanStaleKeys()
+        return progressed
+    }
+
+    /// Closes every key-set now (FLUSH from outside a queue).
+    public func closeKeySets() -> Bool { keySets.closeAll() }
+
+    private func startWorkers() throws {
+        let writebackThread = OSThread(name: "pcache-wb") { [unowned self] in self.writebackLoop() }
+        let housekeepingThread = OSThread(name: "pcache-gc") { [unowned self] in self.housekeepingLoop() }
+        try writebackThread.start()
+        try housekeepingThread.start()
+        threads = [writebackThread, housekeepingThread]
+    }
+
+    private func stopWorkers() {
+        workerLock.withLock { workersStopping = true }
+        workerCondition.broadcast()
+        for thread in threads { thread.join() }
+        threads = []
+    }
+
+    /// Sleeps until kicked, stopping, or `nanoseconds` pass; returns false when stopping.
+    private func sleep(_ nanoseconds: UInt64, kicked flag: ReferenceWritableKeyPath<Cache, Bool>) -> Bool {
+        workerLock.withLock {
+            if !workersStopping && !self[keyPath: flag] {
+                workerCondition.wait(workerLock, nanoseconds: nanoseconds)
+            }
+            self[keyPath: flag] = false
+            return !workersStopping
+        }
+    }
+
+    private var isStopping: Bool { workerLock.withLock { workersStopping } }
+
+    private func writebackLoop() {
+        var backoff: UInt64 = 100_000_000
+        while !isStopping {
+            switch writeback.step() {
+            case .progressed:
+                backoff = 100_000_000
+                kickReclaim()
+            case .clean:
+                // The kernel polls every 5 s; closes kick us sooner.
+                if !sleep(1_000_000_000, kicked: \.writebackKicked) { return }
+            case .failed:
+                // The backing device failed: retry the same key-set later.
+                if !sleep(backoff, kicked: \.writebackKicked) { return }
+                backoff = min(backoff * 2, 5_000_000_000)
+            }
+        }
+    }
+
+    private func housekeepingLoop() {
+        while !isStopping {
+            // Key-sets are closed at most about 1 s after their first key.
+            if !keySets.closeExpired(olderThan: 1_000_000_000) { kickReclaim() }
+            var collected = 0
+            while collector.step() {
+                collected += 1
+                if collected % 64 == 0 && isStopping { return }
+            }
+            cleanStaleKeys()
+            if keyLog.currentHead != metadata.dirtyTail { kickWriteback() }
+            if !sleep(100_000_000, kicked: \.housekeepingKicked) { return }
+        }
+    }
+
+    // MARK: Control
+
+    /// Sets gc_percent (0…90) and persists it in cache_info.
+    public func setGCPercent(_ percent: UInt8) throws {
+        guard percent <= PCacheLayout.gcPercentMax else {
+            throw PCacheError.usage("gc_percent must be between 0 and \(PCacheLayout.gcPercentMax), got \(percent)")
+        }
+        metadata.persistCacheInfo(gcPercent: percent)
+        pcs_atomic_store_u32(gcPercentValue, UInt32(percent))
+        kickReclaim()
+    }
+
+    /// Stops the cache. Queues must be stopped first. Every key-set is closed
+    /// so all completed writes survive; with `writeBackAll` every dirty byte is
+    /// written to the backing device before returning (`progress` is called
+    /// with the bytes of log still dirty). Dirty data otherwise stays in pmem,
+    /// as with dm-pcache, and is replayed on the next start.
+    public func stop(writeBackAll: Bool = false, progress: ((UInt64) -> Void)? = nil) throws {
+        var attempts = 0
+        while !keySets.closeAll() {
+            attempts += 1
+            guard attempts < 100 else { throw CacheError.stopped }
+            kickReclaim()
+            usleep(100_000)
+        }
+        if writeBackAll {
+            kickWriteback()
+            var lastReport: UInt64 = 0
+            while metadata.dirtyTail != keyLog.currentHead {
+                if threads.isEmpty {
+                    if writeback.step() != .progressed {
+                        throw CacheError.writebackStalled(writeback.lastError)
+                    }
+                    continue
+                }
+                let now = monotonicNanoseconds()
+                if let progress, now - lastReport > 1_000_000_000 {
+                    progress(dirtyLogBytes())
+                    lastReport = now
+                }
+                if let fatal = writeback.fatalError { throw fatal }
+                usleep(20_000)
+            }
+            progress?(0)
+        }
+        stopWorkers()
+        fsync(backing.bufferedFD)
+    }
+
+    /// Bytes of key log between the dirty tail and the head (an estimate of
+    /// what writeback still has to read).
+    func dirtyLogBytes() -> UInt64 {
+        logDistance(from: metadata.dirtyTail, to: keyLog.currentHead)
+    }
+
+    private func logDistance(from tail: CachePosition, to head: CachePosition) -> UInt64 {
+        if tail.cacheSegID == head.cacheSegID && tail.segOff <= head.segOff {
+            return UInt64(head.segOff - tail.segOff)
+        }
+        // Different segments: the rest of the tail's segment plus the head's part.
+        return UInt64(tail.remaining) + UInt64(head.segOff)
+    }
+
+    // MARK: Status
+
+    public func status() -> CacheStatus {
+        let counters = wakeLock.withLock { queueCounters }
+        var totals = [QueueCounters.Name: UInt64]()
+        for name in QueueCounters.Name.allCases {
+            totals[name] = counters.reduce(0) { $0 + $1[name] }
+        }
+        let usage = index.usage()
+        return CacheStatus(
+            superblockFlags: device.superblock.flags, physicalSegments: device.segmentCount,
+            cacheSegments: metadata.segmentCount, usedSegments: pool.usedSegments, gcPercent: gcPercent,
+            cacheFlags: metadata.info.flags, keyHead: keyLog.currentHead, dirtyTail: metadata.dirtyTail,
+            keyTail: metadata.keyTail, persistence: memory.mode, counters: totals,
+            indexKeys: usage.keys, indexBytes: usage.bytes,
+            writebackKeySets: writeback.keySetsWritten, writebackBytes: writeback.bytesWritten,
+            writebackFailures: writeback.failedAttempts, writebackLastError: writeback.lastError,
+            writebackHalted: writeback.fatalError?.description, gcKeySets: collector.keySetsCollected,
+            gcSegmentsFreed: collector.segmentsFreed, gcHalted: collector.fatalError?.description)
+    }
+}
+
+/// A snapshot of a cache's state: the dmsetup INFO fields plus our counters.
+public struct CacheStatus: Sendable {
+    public var superblockFlags: UInt32
+    public var physicalSegments: UInt32
+    public var cacheSegments: UInt32
+    public var usedSegments: UInt32
+    public var gcPercent: UInt8
+    public var cacheFlags: UInt32
+    public var keyHead: CachePosition
+    public var dirtyTail: CachePosition
+    public var keyTail: CachePosition
+    public var persistence: PersistenceMode
+    public var counters: [QueueCounters.Name: UInt64]
+    public var indexKeys: Int
+    public var indexBytes: Int
+    public var writebackKeySets: UInt64
+    public var writebackBytes: UInt64
+    public var writebackFailures: UInt64
+    public var writebackLastError: Int32
+    public var writebackHalted: String?
+    public var gcKeySets: UInt64
+    public var gcSegmentsFreed: UInt64
+    public var gcHalted: String?
+
+    /// The line `dmsetup status` prints for dm-pcache after `<start> <len> pcache `:
+    /// `%x %u %u %u %u %x %u:%u %u:%u %u:%u`.
+    public var infoLine: String {
+        "\(String(superblockFlags, radix: 16)) \(physicalSegments) \(cacheSegments) \(usedSegments) \(gcPercent) "
+            + "\(String(cacheFlags, radix: 16)) \(keyHead) \(dirtyTail) \(keyTail)"
+    }
+
+    /// Is every written byte on the backing device and collected?
+    public var isClean: Bool { keyHead == dirtyTail }
+}

@@ -1,0 +1,61 @@
+/// The request index: one `SubtreeIndex` per 4 MiB stripe of the backing
+/// device, each behind its own lock (dm-pcache's `req_key_tree`). Requests on
+/// different stripes never share a lock.
+final class CacheIndex: @unchecked Sendable {
+    struct Shard {
+        var lock: PThreadMutex
+        var keys: SubtreeIndex
+        var keySetAffinity = KeySetAffinity()
+    }
+
+    let count: Int
+    private let shards: UnsafeMutablePointer<Shard>
+
+    init(backingBytes: UInt64) {
+        count = Int((backingBytes + UInt64(PCacheLayout.subtreeSize) - 1) >> UInt64(PCacheLayout.subtreeShift))
+        shards = .allocate(capacity: max(count, 1))
+        for i in 0..<count { (shards + i).initialize(to: Shard(lock: PThreadMutex(), keys: SubtreeIndex())) }
+    }
+
+    deinit {
+        for i in 0..<count {
+            shards[i].keys.deallocate()
+            shards[i].lock.destroy()
+        }
+        shards.deallocate()
+    }
+
+    @inline(__always)
+    static func subtree(of offset: UInt64) -> Int { Int(offset >> UInt64(PCacheLayout.subtreeShift)) }
+
+    /// Runs `body` with subtree `index` locked.
+    @inline(__always)
+    func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex) throws -> R) rethrows -> R {
+        let shard = shards + index
+        shard.pointee.lock.lock()
+        defer { shard.pointee.lock.unlock() }
+        return try body(&shard.pointee.keys)
+    }
+
+    /// Runs `body` with subtree `index` locked, also giving the stripe's
+    /// key-set affinity (see `OpenKeySets`).
+    @inline(__always)
+    func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex, inout KeySetAffinity) throws -> R) rethrows -> R {
+        let shard = shards + index
+        shard.pointee.lock.lock()
+        defer { shard.pointee.lock.unlock() }
+        return try body(&shard.pointee.keys, &shard.pointee.keySetAffinity)
+    }
+
+    /// Keys and bytes of memory over all subtrees (takes every lock in turn).
+    func usage() -> (keys: Int, bytes: Int) {
+        var keys = 0, bytes = count * (MemoryLayout<Shard>.stride + 64)
+        for i in 0..<count {
+            withShard(i) {
+                keys += $0.count
+                bytes += $0.memoryBytes
+            }
+        }
+        return (keys, bytes)
+    }
+}

@@ -1,0 +1,451 @@
+import CSupport
+import Glibc
+
+/// The cache as one ublk queue sees it: serves READ, WRITE, FLUSH, DISCARD
+/// and WRITE_ZEROES for that queue's tags (dm-pcache's `cache_req.c`).
+///
+/// Used by exactly one thread. It owns the queue's data head and per-tag
+/// request state, preallocated for the queue depth, so serving a request
+/// allocates nothing. Shared state is reached through `Cache`: a subtree lock
+/// per 4 MiB stripe, a key-set lock per key-set, and the segment pool.
+///
+/// A request either completes at once (the handler returns its result) or is
+/// left pending: a read waiting for backing reads, or a request deferred
+/// because the cache is full. Pending requests complete through
+/// `QueueIO.completeRequest`.
+public final class CacheQueue {
+    public let id: Int
+    public let depth: Int
+    private let cache: Cache
+    private let io: QueueIO
+    let waker: QueueWaker
+    private var head = DataHead()
+    private var nextToken: UInt32 = 0
+
+    /// Backing reads one request may have in flight before its walk pauses.
+    static let readSlotsPerTag = 16
+
+    private enum Kind: UInt8 { case idle, read, write, writeZeroes, flush, discard }
+
+    private struct Request {
+        var kind: Kind = .idle
+        var offset: UInt64 = 0
+        var length: UInt32 = 0
+        var buffer: UnsafeMutableRawPointer? = nil
+        var fua = false
+        /// Bytes of the request handled so far (written, or walked for reads).
+        var cursor: UInt32 = 0
+        /// Backing reads in flight.
+        var outstanding: Int = 0
+        /// First error seen (-errno), 0 if none.
+        var error: Int32 = 0
+        var isDeferred = false
+        /// A key-set this request appended to but could not close (FUA or full).
+        var unclosedKeySet: Int = -1
+    }
+
+    private struct ReadSlot {
+        var start: UInt64 = 0
+        var length: UInt32 = 0
+        /// Token of the placeholder to fill, or 0 for a plain backing read.
+        var token: UInt32 = 0
+        var inUse = false
+    }
+
+    private let requests: UnsafeMutablePointer<Request>
+    private let slots: UnsafeMutablePointer<ReadSlot>
+    private var deferred: [UInt16]
+    let counters: QueueCounters
+
+    init(cache: Cache, id: Int, depth: Int, io: QueueIO, waker: QueueWaker) {
+        self.cache = cache
+        self.id = id
+        self.depth = depth
+        self.io = io
+        self.waker = waker
+        requests = .allocate(capacity: depth)
+        requests.initialize(repeating: Request(), count: depth)
+        slots = .allocate(capacity: depth * Self.readSlotsPerTag)
+        slots.initialize(repeating: ReadSlot(), count: depth * Self.readSlotsPerTag)
+        deferred = []
+        deferred.reserveCapacity(depth)
+        counters = QueueCounters()
+    }
+
+    deinit {
+        requests.deallocate()
+        slots.deallocate()
+    }
+
+    // MARK: Entry points
+
+    /// READ of `length` bytes at byte `offset` into `buffer`.
+    public func read(tag: UInt16, offset: UInt64, length: UInt32, buffer: UnsafeMutableRawPointer) -> Int32? {
+        if let error = checkRange(offset, length) { return error }
+        counters.add(.reads)
+        counters.add(.readBytes, UInt64(length))
+        let r = requests + Int(tag)
+        r.pointee = Request(kind: .read, offset: offset, length: length, buffer: buffer)
+        return continueRead(tag)
+    }
+
+    /// WRITE of `length` bytes at byte `offset` from `buffer`; `fua` asks for
+    /// the key to be durable before completion.
+    public func write(tag: UInt16, offset: UInt64, length: UInt32, buffer: UnsafeMutableRawPointer, fua: Bool) -> Int32? {
+        if let error = checkRange(offset, length) { return error }
+        counters.add(.writes)
+        counters.add(.writeBytes, UInt64(length))
+        let r = requests + Int(tag)
+        r.pointee = Request(kind: .write, offset: offset, length: length, buffer: buffer, fua: fua)
+        return continueWrite(tag)
+    }
+
+    /// WRITE_ZEROES: cached like a write of zeros, so the zeros win over any
+    /// older dirty data for the range, now and after replay.
+    public func writeZeroes(tag: UInt16, offset: UInt64, length: UInt32, fua: Bool) -> Int32? {
+        if let error = checkRange(offset, length) { return error }
+        counters.add(.writes)
+        let r = requests + Int(tag)
+        r.pointee = Request(kind: .writeZeroes, offset: offset, length: length, buffer: nil, fua: fua)
+        return continueWrite(tag)
+    }
+
+    /// FLUSH: every write completed before it becomes durable (all key-sets
+    /// are closed). Data is already durable in pmem since its copy.
+    public func flush(tag: UInt16) -> Int32? {
+        counters.add(.flushes)
+        let r = requests + Int(tag)
+        r.pointee = Request(kind: .flush)
+        return continueFlush(tag)
+    }
+
+    /// DISCARD: drops the range from the index and passes the discard to the
+    /// backing device. Contents of a discarded range are undefined, so older
+    /// dirty data reaching the backing device later is allowed.
+    public func discard(tag: UInt16, offset: UInt64, length: UInt32) -> Int32? {
+        if let error = checkRange(offset, length) { return error }
+        var position = offset
+        let end = offset + UInt64(length)
+        while position < end {
+            let subtree = CacheIndex.subtree(of: position)
+            let chunkEnd = min(end, UInt64(subtree + 1) << UInt64(PCacheLayout.subtreeShift))
+            cache.index.withShard(subtree) { $0.removeRange(start: position, end: chunkEnd) }
+            position = chunkEnd
+        }
+        let r = requests + Int(tag)
+        r.pointee = Request(kind: .discard, offset: offset, length: length)
+        r.pointee.outstanding = 1
+        io.submitDiscard(fd: cache.backing.bufferedFD, offset: offset, length: UInt64(length),
+                         userData: Self.userData(tag: tag, slot: Self.readSlotsPerTag))
+        return nil
+    }
+
+    /// A completion for backing I/O this queue submitted.
+    public func backingIOCompleted(userData: UInt64, result: Int32) {
+        let tag = UInt16(truncatingIfNeeded: userData >> 8)
+        let slotIndex = Int(userData & 0xFF)
+        let r = requests + Int(tag)
+        if r.pointee.kind == .discard {
+            // Backing devices without discard support still answer correctly.
+            if result < 0 && result != -EOPNOTSUPP && result != -EINVAL { r.pointee.error = result }
+            finish(tag, r.pointee.error == 0 ? 0 : r.pointee.error)
+            return
+        }
+        let slot = slots + (Int(tag) * Self.readSlotsPerTag + slotIndex)
+        r.pointee.outstanding -= 1
+        if result != Int32(slot.pointee.length) {
+            counters.add(.backingErrors)
+            if r.pointee.error == 0 { r.pointee.error = result < 0 ? result : -EIO }
+            if slot.pointee.token != 0 { dropPlaceholder(slot.pointee) }
+        } else if slot.pointee.token != 0 {
+            fillCache(from: slot.pointee, request: r.pointee)
+        }
+        slot.pointee.inUse = false
+        if r.pointee.outstanding == 0 {
+            if r.pointee.error != 0 {
+                finish(tag, r.pointee.error)
+            } else if let result = continueRead(tag) {
+                finish(tag, result)
+            }
+        }
+    }
+
+    /// Retries requests deferred while the cache was full.
+    public func resumeDeferred() {
+        guard !deferred.isEmpty else { return }
+        let waiting = deferred
+        deferred.removeAll(keepingCapacity: true)
+        for tag in waiting {
+            let r = requests + Int(tag)
+            r.pointee.isDeferred = false
+            let result: Int32?
+            switch r.pointee.kind {
+            case .write, .writeZeroes: result = continueWrite(tag)
+            case .flush: result = continueFlush(tag)
+            default: result = nil
+            }
+            if let result { finish(tag, result) }
+        }
+        if deferred.isEmpty { cache.queueHasDeferred(self, false) }
+    }
+
+    /// The queue is going away: requests still deferred fail with EIO, and
+    /// the data head gives its segment back.
+    public func stop() {
+        for tag in deferred { finish(tag, -EIO) }
+        deferred.removeAll()
+        cache.queueHasDeferred(self, false)
+        head.retire(pool: cache.pool, invalidate: cache.invalidate)
+    }
+
+    public var deferredCount: Int { deferred.count }
+
+    // MARK: Writes
+
+    private func continueWrite(_ tag: UInt16) -> Int32? {
+        let r = requests + Int(tag)
+        if r.pointee.unclosedKeySet >= 0 {
+            guard cache.keySets.close(r.pointee.unclosedKeySet) else { return deferRequest(tag) }
+            r.pointee.unclosedKeySet = -1
+        }
+        let zeroes = r.pointee.kind == .writeZeroes
+        while r.pointee.cursor < r.pointee.length {
+            let offset = r.pointee.offset + UInt64(r.pointee.cursor)
+            let subtree = CacheIndex.subtree(of: offset)
+            let toStripeEnd = UInt32(PCacheLayout.subtreeSize - Int(offset & UInt64(PCacheLayout.subtreeMask)))
+            var want = min(r.pointee.length - r.pointee.cursor, toStripeEnd)
+            if zeroes { want = min(want, UInt32(Cache.zeroBufferSize)) }
+            guard let space = head.allocate(want, pool: cache.pool, invalidate: cache.invalidate) else {
+                return deferRequest(tag)
+            }
+            let source: UnsafeRawPointer =
+                zeroes ? UnsafeRawPointer(cache.zeroBuffer) : UnsafeRawPointer(r.pointee.buffer! + Int(r.pointee.cursor))
+            cache.memory.storeAndFlush(at: cache.dataOffset(space.segment, space.offset), from: source, count: Int(space.length))
+            // The data must be durable before a key that points at it can be.
+            cache.memory.drain()
+            let crc = cache.dataCRC ? CRC32C.checksum(source, count: Int(space.length)) : 0
+            let key = Extent(
+                start: offset, length: space.length, segment: space.segment, segmentOffset: space.offset,
+                generation: space.generation, crc: crc, crcSpanOffset: space.offset, crcSpanLength: space.length)
+            let fua = r.pointee.fua
+            var keySet = 0
+            let outcome = cache.index.withShard(subtree) { keys, affinity in
+                keySet = cache.keySets.route(affinity, own: id)
+                return cache.keySets.append(key, to: keySet, forceClose: fua, affinity: &affinity) { keys.insert(key) }
+            }
+            switch outcome {
+            case .appended:
+                r.pointee.cursor += space.length
+            case .appendedCloseFailed:
+                r.pointee.cursor += space.length
+                r.pointee.unclosedKeySet = keySet
+                return deferRequest(tag)
+            case .full:
+                // Nothing was logged: give the space back and wait for GC.
+                if cache.pool.dropReference(space.segment) { cache.invalidate(space.segment) }
+                return deferRequest(tag)
+            }
+        }
+        return Int32(r.pointee.kind == .writeZeroes ? 0 : r.pointee.length)
+    }
+
+    private func continueFlush(_ tag: UInt16) -> Int32? {
+        cache.keySets.closeAll() ? 0 : deferRequest(tag)
+    }
+
+    private func deferRequest(_ tag: UInt16) -> Int32? {
+        let r = requests + Int(tag)
+        if !r.pointee.isDeferred {
+            r.pointee.isDeferred = true
+            deferred.append(tag)
+            counters.add(.deferrals)
+            cache.queueHasDeferred(self, true)
+        }
+        cache.kickReclaim()
+        return nil
+    }
+
+    // MARK: Reads
+
+    /// Walks the index from the request's cursor: hits are copied from pmem,
+    /// gaps become backing reads (with a placeholder so the data can be
+    /// cached when it arrives), ranges already being read by another miss are
+    /// read again without a placeholder. Returns the result when the request
+    /// is done, nil while backing reads are in flight.
+    private func continueRead(_ tag: UInt16) -> Int32? {
+        let r = requests + Int(tag)
+        let base = slots + Int(tag) * Self.readSlotsPerTag
+        var used = 0
+        let requestStart = r.pointee.offset
+        let requestEnd = requestStart + UInt64(r.pointee.length)
+        let buffer = r.pointee.buffer!
+
+        var position = requestStart + UInt64(r.pointee.cursor)
+        walk: while position < requestEnd {
+            let subtree = CacheIndex.subtree(of: position)
+            let chunkEnd = min(requestEnd, UInt64(subtree + 1) << UInt64(PCacheLayout.subtreeShift))
+            var crcFailed = false
+            cache.index.withShard(subtree) { keys in
+                var i = keys.firstIndex(endingAfter: position)
+                while position < chunkEnd && used < Self.readSlotsPerTag {
+                    if i >= keys.count || keys[i].start >= chunkEnd {
+                        startMiss(&keys, at: i, start: position, end: chunkEnd, slot: base + used, requestStart)
+                        used += 1
+                        position = chunkEnd
+                        break
+                    }
+                    let key = keys[i]
+                    if key.start > position {
+                        startMiss(&keys, at: i, start: position, end: key.start, slot: base + used, requestStart)
+                        used += 1
+                        i += 1  // the placeholder now sits at i
+                        position = key.start
+                        continue
+                    }
+                    let pieceEnd = min(key.end, chunkEnd)
+                    if key.isPlaceholder {
+                        // Another read is already fetching this range: read it too.
+                        startBackingRead(start: position, end: pieceEnd, token: 0, slot: base + used, requestStart)
+                        used += 1
+                    } else {
+                        switch copyHit(key, from: position, to: pieceEnd, into: buffer + Int(position - requestStart)) {
+                        case .copied:
+                            counters.add(.hitBytes, pieceEnd - position)
+                        case .stale:
+                            keys.remove(at: i)
+                            continue  // re-examine the same position as a miss
+                        case .crcMismatch:
+                            crcFailed = true
+                            return
+                        }
+                    }
+                    position = pieceEnd
+                    i += 1
+                }
+            }
+            if crcFailed {
+                r.pointee.error = -EIO
+                break walk
+            }
+            if used == Self.readSlotsPerTag { break }
+        }
+        r.pointee.cursor = UInt32(position - requestStart)
+        r.pointee.outstanding += used
+        if used == 0 {
+            if r.pointee.error != 0 { return r.pointee.error }
+            return Int32(r.pointee.length)
+        }
+        return nil
+    }
+
+    private enum HitOutcome { case copied, stale, crcMismatch }
+
+    /// Copies [from, to) of `key` out of pmem. The segment generation is
+    /// read before and after the copy: if GC recycled the segment meanwhile,
+    /// the copy is thrown away and the key treated as stale.
+    private func copyHit(_ key: Extent, from: UInt64, to: UInt64, into destination: UnsafeMutableRawPointer) -> HitOutcome {
+        let pool = cache.pool
+        let before = pool.generation(key.segment)
+        guard key.generation >= before else { return .stale }
+        let source = cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset + UInt32(from - key.start))
+        destination.copyMemory(from: source, byteCount: Int(to - from))
+        if cache.dataCRC {
+            let span = cache.memory.base + cache.dataOffset(key.segment, key.crcSpanOffset)
+            if CRC32C.checksum(span, count: Int(key.crcSpanLength)) != key.crc {
+                pcs_load_fence()
+                if pool.generation(key.segment) != before { return .stale }
+                counters.add(.crcErrors)
+                return .crcMismatch
+            }
+        }
+        pcs_load_fence()
+        return pool.generation(key.segment) == before ? .copied : .stale
+    }
+
+    private func startMiss(
+        _ keys: inout SubtreeIndex, at index: Int, start: UInt64, end: UInt64,
+        slot: UnsafeMutablePointer<ReadSlot>, _ requestStart: UInt64
+    ) {
+        // Unique among this queue's misses in flight; the queue id keeps
+        // queues apart and the top bit keeps it from 0 ("no placeholder").
+        nextToken = (nextToken &+ 1) & 0x00FF_FFFF
+        let token = 0x8000_0000 | UInt32(truncatingIfNeeded: id & 0x7F) << 24 | nextToken
+        keys.insert(.placeholder(start: start, length: UInt32(end - start), token: token))
+        counters.add(.missBytes, end - start)
+        startBackingRead(start: start, end: end, token: token, slot: slot, requestStart)
+    }
+
+    private func startBackingRead(
+        start: UInt64, end: UInt64, token: UInt32, slot: UnsafeMutablePointer<ReadSlot>, _ requestStart: UInt64
+    ) {
+        let tagIndex = (slot - slots) / Self.readSlotsPerTag
+        let slotIndex = (slot - slots) % Self.readSlotsPerTag
+        let r = requests + tagIndex
+        slot.pointee = ReadSlot(start: start, length: UInt32(end - start), token: token, inUse: true)
+        let destination = r.pointee.buffer! + Int(start - requestStart)
+        let backing = cache.backing
+        io.submitRead(
+            fd: backing.descriptor(buffer: destination, count: Int(end - start), offset: start),
+            into: destination, count: Int(end - start), offset: start,
+            userData: Self.userData(tag: UInt16(tagIndex), slot: slotIndex))
+    }
+
+    /// Caches the data a miss brought in, if its placeholder is still there
+    /// (a write to the range deletes or cuts it). Only what fits in the
+    /// current data segment is cached; a full cache just skips caching.
+    private func fillCache(from slot: ReadSlot, request: Request) {
+        let subtree = CacheIndex.subtree(of: slot.start)
+        cache.index.withShard(subtree) { keys, affinity in
+            guard let i = keys.placeholderIndex(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length))
+            else { return }
+            let placeholder = keys[i]
+            guard let space = head.allocate(placeholder.length, pool: cache.pool, invalidate: cache.invalidate) else {
+                keys.remove(at: i)
+                return
+            }
+            let source = UnsafeRawPointer(request.buffer! + Int(placeholder.start - request.offset))
+            cache.memory.storeAndFlush(at: cache.dataOffset(space.segment, space.offset), from: source, count: Int(space.length))
+            cache.memory.drain()
+            let crc = cache.dataCRC ? CRC32C.checksum(source, count: Int(space.length)) : 0
+            let key = Extent(
+                start: placeholder.start, length: space.length, flags: .clean, segment: space.segment,
+                segmentOffset: space.offset, generation: space.generation, crc: crc,
+                crcSpanOffset: space.offset, crcSpanLength: space.length)
+            let keySet = cache.keySets.route(affinity, own: id)
+            let outcome = cache.keySets.append(key, to: keySet, forceClose: false, affinity: &affinity) {
+                keys.remove(at: i)
+                keys.insert(key)
+            }
+            if case .full = outcome {
+                keys.remove(at: i)
+                if cache.pool.dropReference(space.segment) { cache.invalidate(space.segment) }
+            }
+        }
+    }
+
+    private func dropPlaceholder(_ slot: ReadSlot) {
+        let subtree = CacheIndex.subtree(of: slot.start)
+        cache.index.withShard(subtree) { keys in
+            if let i = keys.placeholderIndex(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)) {
+                keys.remove(at: i)
+            }
+        }
+    }
+
+    // MARK: Helpers
+
+    private func finish(_ tag: UInt16, _ result: Int32) {
+        requests[Int(tag)].kind = .idle
+        io.completeRequest(tag: tag, result: result)
+    }
+
+    private func checkRange(_ offset: UInt64, _ length: UInt32) -> Int32? {
+        let end = offset.addingReportingOverflow(UInt64(length))
+        return end.overflow || end.partialValue > cache.logicalBytes ? -EIO : nil
+    }
+
+    @inline(__always)
+    static func userData(tag: UInt16, slot: Int) -> UInt64 {
+        UInt64(tag) << 8 | UInt64(slot)
+    }
+}

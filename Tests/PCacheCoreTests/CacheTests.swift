@@ -1,0 +1,192 @@
+import Glibc
+import Testing
+
+@testable import PCacheCore
+
+@Suite(.serialized) struct CacheTests {
+    @Test func writeThenReadHitsTheCache() throws {
+        let h = try CacheHarness()
+        let data = pattern(1, 8192)
+        #expect(h.write(4096, data) == 8192)
+        let (result, bytes) = h.read(4096, 8192)
+        #expect(result == 8192)
+        #expect(bytes == data)
+        #expect(h.cache.status().counters[.hitBytes] == 8192)
+        // Nothing reached the backing device yet: write-back.
+        #expect((h.backingBytes(4096, 8192) == [UInt8](repeating: 0, count: 8192)) == true)
+    }
+
+    @Test func missReadsBackingAndFillsTheCacheAsClean() throws {
+        let h = try CacheHarness()
+        let data = pattern(2, 16384)
+        let fd = open(h.backingPath, O_WRONLY)
+        _ = data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 1 << 20) }
+        close(fd)
+        let (first, bytes) = h.read(1 << 20, 16384)
+        #expect(first == 16384 && bytes == data)
+        #expect(h.cache.status().counters[.missBytes] == 16384)
+        let (second, again) = h.read(1 << 20, 16384)
+        #expect(second == 16384 && again == data)
+        #expect(h.cache.status().counters[.hitBytes] == 16384)
+        // A clean fill is never written back.
+        _ = h.flush()
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().writebackBytes == 0)
+    }
+
+    @Test func partialHitMergesCacheAndBacking() throws {
+        let h = try CacheHarness()
+        let old = pattern(3, 65536)
+        let fd = open(h.backingPath, O_WRONLY)
+        _ = old.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        close(fd)
+        let middle = pattern(4, 4096)
+        #expect(h.write(8192, middle) == 4096)
+        var expected = old
+        expected.replaceSubrange(8192..<12288, with: middle)
+        let (result, bytes) = h.read(0, 65536)
+        #expect(result == 65536 && bytes == expected)
+    }
+
+    @Test func flushedWritesSurviveRestartAndWriteback() throws {
+        let h = try CacheHarness()
+        let data = pattern(5, 12288)
+        #expect(h.write(40960, data) == 12288)
+        #expect(h.flush() == 0)
+        try h.crashAndRestart()
+        #expect(h.cache.replayOutcome.keys == 1)
+        #expect((h.read(40960, 12288).1 == data) == true)
+        while h.cache.runWriteback() {}
+        #expect((h.backingBytes(40960, 12288) == data) == true)
+        #expect(h.cache.status().isClean)
+    }
+
+    @Test func fuaWriteIsDurableWithoutFlush() throws {
+        let h = try CacheHarness()
+        let data = pattern(6, 4096)
+        #expect(h.write(0, data, fua: true) == 4096)
+        try h.crashAndRestart()
+        #expect((h.read(0, 4096).1 == data) == true)
+    }
+
+    @Test func unflushedWriteMayBeLostButNothingIsInvented() throws {
+        let h = try CacheHarness()
+        #expect(h.write(0, pattern(7, 4096)) == 4096)
+        try h.crashAndRestart()
+        // The key-set was never closed: the backing device's zeros come back.
+        #expect((h.read(0, 4096).1 == [UInt8](repeating: 0, count: 4096)) == true)
+    }
+
+    @Test func statusLineHasTheKernelFormat() throws {
+        let h = try CacheHarness(cacheMiB: 160)
+        let status = h.cache.status()
+        // 160 MiB: (160 MiB - 20480) / 16 MiB = 9 segments; segment 0 holds the key log.
+        #expect(status.infoLine == "0 9 9 1 70 1182 0:0 0:0 0:0")
+        #expect(h.write(0, pattern(8, 4096)) == 4096)
+        #expect(h.flush() == 0)
+        let after = h.cache.status()
+        #expect(after.keyHead == CachePosition(cacheSegID: 0, segOff: 64))
+        #expect(after.usedSegments == 2)
+    }
+
+    @Test func dataCRCDetectsCorruptionOnReadHit() throws {
+        let h = try CacheHarness(dataCRC: true)
+        let data = pattern(9, 4096)
+        #expect(h.write(0, data) == 4096)
+        #expect((h.read(0, 4096).1 == data) == true)
+        // Corrupt the cached copy behind the cache's back.
+        let key = h.cache.index.withShard(0) { $0[0] }
+        let at = h.cache.dataOffset(key.segment, key.segmentOffset) + 100
+        h.cache.memory.base.storeBytes(of: ~h.cache.memory.base.load(fromByteOffset: at, as: UInt8.self),
+                                       toByteOffset: at, as: UInt8.self)
+        let (result, _) = h.read(0, 4096)
+        #expect(result == -EIO)
+        #expect(h.cache.status().counters[.crcErrors] == 1)
+    }
+
+    @Test func gcPercentPersistsAcrossRestart() throws {
+        let h = try CacheHarness()
+        try h.cache.setGCPercent(10)
+        try h.restart()
+        #expect(h.cache.status().gcPercent == 10)
+        #expect(throws: PCacheError.self) { try h.cache.setGCPercent(91) }
+    }
+}
+
+@Suite(.serialized) struct BackingFailureTests {
+    /// Writeback against a failing backing device keeps the data dirty in
+    /// the cache, reports the errors, and catches up once the device heals.
+    @Test func writebackRetriesUntilTheBackingDeviceHeals() throws {
+        let h = try CacheHarness()
+        let data = pattern(21, 65536)
+        #expect(h.write(1 << 20, data) == 65536)
+        #expect(h.flush() == 0)
+        let dirtyBefore = h.cache.status().dirtyTail
+
+        // Swap the backing descriptors for read-only ones: every write fails.
+        let descriptors = Set([h.cache.backing.fd, h.cache.backing.bufferedFD])
+        let saved = descriptors.map { ($0, dup($0)) }
+        let readOnly = open(h.backingPath, O_RDONLY)
+        for fd in descriptors { #expect(dup2(readOnly, fd) == fd) }
+        close(readOnly)
+
+        #expect(h.cache.runWriteback() == false)
+        #expect(h.cache.runWriteback() == false)
+        let failing = h.cache.status()
+        #expect(failing.writebackFailures == 2)
+        #expect(failing.writebackLastError == -EBADF)
+        #expect(failing.dirtyTail == dirtyBefore, "the dirty tail must not move past data the device did not take")
+        #expect((h.read(1 << 20, 65536).1 == data) == true, "dirty data stays readable from the cache")
+        #expect((h.backingBytes(1 << 20, 65536) == [UInt8](repeating: 0, count: 65536)) == true)
+
+        // Heal: writeback resumes from the same key-set.
+        for (fd, copy) in saved {
+            #expect(dup2(copy, fd) == fd)
+            close(copy)
+        }
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        #expect((h.backingBytes(1 << 20, 65536) == data) == true)
+    }
+
+    @Test func failedMissReadReturnsTheErrorAndCachesNothing() throws {
+        let h = try CacheHarness()
+        h.ios[0].failReads = EIO
+        #expect(h.read(0, 8192).0 == -EIO)
+        #expect(h.cache.index.withShard(0) { $0.count } == 0, "the placeholder must be gone")
+        h.ios[0].failReads = nil
+        #expect(h.read(0, 8192).0 == 8192)
+        #expect(h.cache.status().counters[.backingErrors] == 1)
+    }
+
+    @Test func writeZeroesWinsOverOlderDirtyData() throws {
+        let h = try CacheHarness()
+        #expect(h.write(0, pattern(22, 16384)) == 16384)
+        #expect(h.run { $0.writeZeroes(tag: 0, offset: 4096, length: 8192, fua: false) } == 0)
+        var expected = pattern(22, 16384)
+        expected.replaceSubrange(4096..<12288, with: [UInt8](repeating: 0, count: 8192))
+        #expect((h.read(0, 16384).1 == expected) == true)
+        #expect(h.flush() == 0)
+        try h.crashAndRestart()
+        #expect((h.read(0, 16384).1 == expected) == true)
+        while h.cache.runWriteback() {}
+        #expect((h.backingBytes(0, 16384) == expected) == true)
+    }
+
+    @Test func discardDropsCachedDataAndReachesTheBackingDevice() throws {
+        let h = try CacheHarness()
+        #expect(h.write(0, pattern(23, 8192)) == 8192)
+        #expect(h.flush() == 0)
+        while h.cache.runWriteback() {}
+        #expect(h.run { $0.discard(tag: 0, offset: 0, length: 8192) } == 0)
+        #expect(h.cache.index.withShard(0) { $0.count } == 0)
+        // The backing file's hole reads as zeros.
+        #expect((h.read(0, 8192).1 == [UInt8](repeating: 0, count: 8192)) == true)
+    }
+
+    @Test func requestBeyondTheDeviceFails() throws {
+        let h = try CacheHarness(backingMiB: 64)
+        #expect(h.read(64 << 20, 4096).0 == -EIO)
+        #expect(h.write((64 << 20) - 2048, pattern(24, 4096)) == -EIO)
+    }
+}
