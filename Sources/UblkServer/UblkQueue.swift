@@ -226,7 +226,17 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     private func serve() {
         guard let ring else { return }
-        while !finished {
+        while true {
+            if finished {
+                // Tell the handler first: it may still complete requests or
+                // submit I/O, which then has to be waited for.
+                if !stoppingNotified {
+                    notifyStopping()
+                    continue
+                }
+                _ = try? ring.submit()  // commits prepared last
+                break
+            }
             do {
                 try ring.submitAndWait(1)
             } catch {

@@ -69,7 +69,8 @@ enum DelCommand {
         }
         guard info.isOurs else { throw UblkCLI.Failure("not a pcache-ublk device (another ublk server's)") }
 
-        if UblkCLI.isAlive(info.serverPID) && info.state != .dead {
+        // A QUIESCED device has lost its server (or is being recovered).
+        if info.state == .live && UblkCLI.isAlive(info.serverPID) {
             do {
                 let reply = try ControlSocketClient.request(
                     path: RuntimeFiles.socketPath(id), flush ? "stop flush" : "stop", timeout: 10)

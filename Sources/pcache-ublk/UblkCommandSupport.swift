@@ -171,8 +171,13 @@ enum UblkCLI {
         return ids.sorted()
     }
 
+    /// Whether process `pid` exists and is not a zombie.
     static func isAlive(_ pid: Int32) -> Bool {
-        pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
+        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
+        // "pid (comm) S ...": the state follows the last ')'.
+        guard let stat = readSmallFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return true }
+        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+        return state != "Z" && state != "X"
     }
 
     /// Asks the server of device `id` over its control socket. A missing or

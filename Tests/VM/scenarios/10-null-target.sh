@@ -140,7 +140,8 @@ sleep 1
 check "a write issued meanwhile waits" kill -0 $ddpid
 out=$("$B" recover -n 0 2>&1)
 check_eq "recover prints the device" /dev/ublkb0 "$out"
-check "the waiting write completes" wait $ddpid
+wait $ddpid
+check_eq "the waiting write completed (dd exit status)" 0 "$?"
 pid1=$(json_field 0 pid)
 check "served by a new process ($pid1)" test "$pid1" != "$pid0" -a -n "$pid1"
 check_eq "LIVE again" live "$(json_field 0 state)"
