@@ -9,6 +9,12 @@ let pcacheUblkVersion = "0.1.0"
 let commands: [(name: String, summary: String, run: ([String]) throws -> Int32)] = [
     ("format", FormatCommand.summary, FormatCommand.run),
     ("dump", DumpCommand.summary, DumpCommand.run),
+    ("add", AddCommand.summary, AddCommand.run),
+    ("del", DelCommand.summary, DelCommand.run),
+    ("list", ListCommand.summary, ListCommand.run),
+    ("status", StatusCommand.summary, StatusCommand.run),
+    ("message", MessageCommand.summary, MessageCommand.run),
+    ("recover", RecoverCommand.summary, RecoverCommand.run),
 ]
 
 @MainActor func printUsage() {

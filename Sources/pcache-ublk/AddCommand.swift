@@ -1,0 +1,118 @@
+import Glibc
+import PCacheCore
+import UblkServer
+
+/// `pcache-ublk add`: create a cached block device and serve it.
+enum AddCommand {
+    static let summary = "create a cached block device /dev/ublkbN from a pcache table"
+    static let usage = """
+        pcache-ublk add --table "0 <sectors> pcache <cache_dev> <backing_dev> [<#opts> <opt>...]" \
+        [-n <id>] [-q <queues>] [-d <depth>] [--foreground]
+        """
+    static let help = """
+        usage: \(usage)
+
+        Validates the table, starts a server for it in the background and
+        prints /dev/ublkbN once the device is live. The server logs to
+        \(RuntimeFiles.directory)/ublkb<N>.log and answers on
+        \(RuntimeFiles.directory)/ublkb<N>.sock.
+
+          --table TABLE     dm-style table: options cache_mode writeback, data_crc true|false
+          -n, --id N        device id (default: the first free one)
+          -q, --queues N    hardware queues, one thread each (default 1)
+          -d, --depth N     tags per queue, 1..4096 (default 128)
+          --foreground      serve in this process; SIGTERM or Ctrl-C stops it
+        """
+
+    static func run(_ args: [String]) throws -> Int32 {
+        if UblkCLI.wantsHelp(args) {
+            UblkCLI.printOut(help)
+            return 0
+        }
+        return UblkCLI.run("add", usage: usage) { try add(args) }
+    }
+
+    private static func add(_ args: [String]) throws -> Int32 {
+        let parsed = try UblkCLI.Arguments(
+            args,
+            valued: ["--table": "table", "--null": "null", "-n": "id", "--id": "id", "-q": "queues",
+                     "--queues": "queues", "-d": "depth", "--depth": "depth", "--ready-fd": "ready-fd",
+                     "--log": "log"],
+            flags: ["--foreground": "foreground", "-f": "foreground"])
+        guard parsed.positional.isEmpty else {
+            throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
+        }
+        let readiness = try UblkCLI.Readiness(parsed.value("ready-fd"))
+        do {
+            return try addChecked(parsed, args: args, readiness: readiness)
+        } catch {
+            readiness.failed("\(error)")
+            throw error
+        }
+    }
+
+    private static func addChecked(_ parsed: UblkCLI.Arguments, args: [String], readiness: UblkCLI.Readiness) throws -> Int32 {
+        var options = UblkDeviceOptions()
+        if let id = try parsed.deviceID() { options.id = id }
+        options.queues = try parsed.int("queues", range: 1...4096) ?? 1
+        options.depth = try parsed.int("depth", range: 1...4096) ?? 128
+
+        // What to serve.
+        let spec: TargetSpec
+        switch (parsed.value("table"), parsed.value("null")) {
+        case (let table?, nil):
+            // Validate before anything starts; the same again in the server.
+            do {
+                _ = try PCacheTable.parse(table)
+            } catch {
+                throw UblkCLI.Failure("invalid table: \(error)")
+            }
+            guard UblkTargetFactory.hasCacheTarget else { throw UblkTargetUnavailable() }
+            spec = .table(table)
+        case (nil, let size?):
+            guard let bytes = UblkCLI.parseSize(size), bytes > 0, bytes % 4096 == 0 else {
+                throw UblkCLI.UsageError("--null: '\(size)' is not a positive size in 4 KiB multiples (e.g. 1G)")
+            }
+            spec = .null(bytes: bytes)
+        case (nil, nil):
+            throw UblkCLI.UsageError("--table is required")
+        default:
+            throw UblkCLI.UsageError("--table and --null exclude each other")
+        }
+        if access(UblkControl.path, F_OK) != 0 {
+            throw UblkCLI.Failure("\(UblkControl.path) is missing: load the driver with 'modprobe ublk_drv'")
+        }
+        try RuntimeFiles.ensureDirectory()
+
+        if !parsed.has("foreground") {
+            // Serve from a child of our own, in its own session, and wait for it.
+            let pendingLog = "\(RuntimeFiles.directory)/add-\(getpid()).log"
+            var childArgs = ["add"] + args
+            childArgs += ["--foreground", "--ready-fd", "3", "--log", pendingLog]
+            do {
+                let id = try UblkCLI.launchServer(arguments: childArgs, logPath: pendingLog)
+                UblkCLI.printOut(DeviceNodes.blockDevicePath(id))
+                return 0
+            } catch let error as UblkCLI.Failure {
+                if !error.description.contains(pendingLog) { unlink(pendingLog) }
+                throw error
+            }
+        }
+
+        let target = try UblkTargetFactory.makeTarget(spec)
+        let pendingLog = parsed.value("log")
+        let hooks = UblkServer.Hooks(
+            deviceKnown: { id in
+                // The log was opened before the id was known: give it its name.
+                if let pendingLog { rename(pendingLog, RuntimeFiles.logPath(id)) }
+            },
+            ready: { id in
+                if readiness.isPiped {
+                    readiness.ready(id)
+                } else {
+                    UblkCLI.printOut(DeviceNodes.blockDevicePath(id))
+                }
+            })
+        return try UblkServer.serve(target: target, spec: spec, mode: .add(options), hooks: hooks)
+    }
+}

@@ -1,0 +1,104 @@
+import Glibc
+import PCacheCore
+import UblkServer
+
+/// `pcache-ublk del`: stop and remove devices.
+enum DelCommand {
+    static let summary = "stop and remove /dev/ublkbN (--flush: write back dirty data first)"
+    static let usage = "pcache-ublk del -n <id> | --all [--flush]"
+    static let help = """
+        usage: \(usage)
+
+        Asks the device's server to stop (over its control socket): it lets
+        in-flight I/O finish, removes /dev/ublkbN, shuts the target down and
+        deletes the device. Without --flush dirty data stays in the cache and
+        is replayed by the next add with the same cache device. A device whose
+        server is gone is stopped and deleted directly.
+        --all removes every device added by pcache-ublk.
+        """
+
+    static func run(_ args: [String]) throws -> Int32 {
+        if UblkCLI.wantsHelp(args) {
+            UblkCLI.printOut(help)
+            return 0
+        }
+        return UblkCLI.run("del", usage: usage) {
+            let parsed = try UblkCLI.Arguments(
+                args, valued: ["-n": "id", "--id": "id", "--timeout": "timeout"],
+                flags: ["--all": "all", "-a": "all", "--flush": "flush"])
+            guard parsed.positional.isEmpty else {
+                throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
+            }
+            let flush = parsed.has("flush")
+            let timeout = try parsed.int("timeout", range: 1...86400) ?? (flush ? 3600 : 120)
+            let given = try parsed.deviceID()
+            if parsed.has("all") && given != nil { throw UblkCLI.UsageError("-n and --all exclude each other") }
+            if !parsed.has("all") && given == nil { throw UblkCLI.UsageError("-n <id> or --all is required") }
+            let control = try UblkControl()
+            var ids: [UInt32]
+            if parsed.has("all") {
+                ids = UblkCLI.deviceIDs().filter { (try? control.deviceInfo($0).isOurs) == true }
+                if ids.isEmpty {
+                    UblkCLI.printOut("no pcache-ublk devices")
+                    return 0
+                }
+            } else {
+                ids = [given!]
+            }
+            var status: Int32 = 0
+            for id in ids {
+                do {
+                    try delete(id, flush: flush, timeout: timeout, control: control)
+                    UblkCLI.printOut("deleted /dev/ublkb\(id)")
+                } catch {
+                    UblkCLI.printError("pcache-ublk del: /dev/ublkb\(id): \(error)")
+                    status = 1
+                }
+            }
+            return status
+        }
+    }
+
+    static func delete(_ id: UInt32, flush: Bool, timeout: Int, control: UblkControl) throws {
+        let info: UblkDeviceInfo
+        do {
+            info = try control.deviceInfo(id)
+        } catch let error as SystemError where error.errno == ENODEV {
+            RuntimeFiles.removeDeviceFiles(id)
+            throw UblkCLI.Failure("no such device")
+        }
+        guard info.isOurs else { throw UblkCLI.Failure("not a pcache-ublk device (another ublk server's)") }
+
+        // A QUIESCED device has lost its server (or is being recovered).
+        if info.state == .live && UblkCLI.isAlive(info.serverPID) {
+            do {
+                let reply = try ControlSocketClient.request(
+                    path: RuntimeFiles.socketPath(id), flush ? "stop flush" : "stop", timeout: 10)
+                if case .error(let message) = reply { throw UblkCLI.Failure(message) }
+            } catch let error as SystemError {
+                // The server is alive but does not answer: SIGTERM stops it cleanly.
+                if flush { throw UblkCLI.Failure("the server (pid \(info.serverPID)) does not answer (\(error)); cannot flush") }
+                UblkCLI.printError("pcache-ublk del: /dev/ublkb\(id): server does not answer (\(error)); sending SIGTERM")
+                kill(info.serverPID, SIGTERM)
+            }
+            // Done when the kernel no longer knows the device.
+            var waited = 0
+            while (try? control.deviceInfo(id)) != nil {
+                if waited >= timeout * 1000 {
+                    throw UblkCLI.Failure("still there after \(timeout) s (server pid \(info.serverPID)); see \(RuntimeFiles.logPath(id))")
+                }
+                UblkCLI.sleepMilliseconds(100)
+                waited += 100
+            }
+            return
+        }
+
+        // No server: stop and delete it ourselves.
+        if flush {
+            UblkCLI.printError("pcache-ublk del: /dev/ublkb\(id): no server running, nothing can be written back now; dirty data stays in the cache for the next add")
+        }
+        try control.stopDevice(id)
+        try control.deleteDevice(id)
+        RuntimeFiles.removeDeviceFiles(id)
+    }
+}
