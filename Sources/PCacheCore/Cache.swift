@@ -43,7 +43,7 @@ public final class Cache: @unchecked Sendable {
     private var writeback: Writeback!
     private var collector: GarbageCollector!
 
-    static let zeroBufferSize = 1 << 20
+    public static let zeroBufferSize = 1 << 20
     let zeroBuffer: UnsafeMutableRawPointer
 
     private let gcPercentValue: UnsafeMutablePointer<UInt32>

@@ -102,13 +102,14 @@ public final class ControlSocketServer: @unchecked Sendable {
         if fd < 0 { throw SystemError.last("socket") }
         unlink(path)
         var address = makeUnixAddress(path)
-        let oldMask = umask(0o177)
+        // No umask games (the mask is process-wide and other threads create
+        // files too): the runtime directory is 0700, so nobody else can reach
+        // the socket before the chmod below.
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        umask(oldMask)
         if bound != 0 {
             let e = errno
             close(fd)

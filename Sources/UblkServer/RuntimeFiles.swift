@@ -87,7 +87,9 @@ public enum RuntimeFiles {
         var prefix = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             prefix += "/" + part
-            if mkdir(prefix, mode) != 0 && errno != EEXIST {
+            if mkdir(prefix, mode) == 0 {
+                chmod(prefix, mode)  // exactly `mode`, whatever the umask
+            } else if errno != EEXIST {
                 throw SystemError.last("mkdir \(prefix)")
             }
         }

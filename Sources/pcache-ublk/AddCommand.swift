@@ -67,7 +67,6 @@ enum AddCommand {
             } catch {
                 throw UblkCLI.Failure("invalid table: \(error)")
             }
-            guard UblkTargetFactory.hasCacheTarget else { throw UblkTargetUnavailable() }
             spec = .table(table)
         case (nil, let size?):
             guard let bytes = UblkCLI.parseSize(size), bytes > 0, bytes % 4096 == 0 else {
