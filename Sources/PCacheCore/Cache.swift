@@ -63,11 +63,21 @@ public final class Cache: @unchecked Sendable {
     private var housekeepingKicked = false
     private var threads: [OSThread] = []
 
+    /// Held for the cache's lifetime: no second server on the same devices.
+    private var claims: [DeviceClaim] = []
+
     /// Opens (formatting on first use, as the kernel does) and starts a cache.
+    /// Both devices are claimed exclusively first, so a second server on
+    /// either is refused before anything is read or written.
     public convenience init(cachePath: String, backingPath: String, configuration: CacheConfiguration) throws {
+        let claims = [
+            try DeviceClaim(path: cachePath, role: "cache device"),
+            try DeviceClaim(path: backingPath, role: "backing device"),
+        ]
         let memory = try MappedPersistentMemory(path: cachePath)
         let backing = try BackingDevice(path: backingPath)
         try self.init(memory: memory, backing: backing, configuration: configuration)
+        self.claims = claims
     }
 
     public init(memory: PersistentMemory, backing: BackingDevice, configuration: CacheConfiguration) throws {

@@ -2,6 +2,8 @@
 /// for an operator. Format and metadata errors are `PCacheError`.
 public enum CacheError: Error, CustomStringConvertible, Sendable, Equatable {
     case backingDevice(path: String, reason: String)
+    /// The device cannot be had exclusively.
+    case deviceBusy(path: String, role: String, reason: String)
     /// The table asks for more sectors than the backing device holds, or fewer.
     case sizeMismatch(tableBytes: UInt64, backingPath: String, backingBytes: UInt64)
     /// A key on media that cannot be right (replay, writeback, GC).
@@ -18,6 +20,8 @@ public enum CacheError: Error, CustomStringConvertible, Sendable, Equatable {
         switch self {
         case let .backingDevice(path, reason):
             return "backing device \(path): \(reason)"
+        case let .deviceBusy(path, role, reason):
+            return "\(role) \(path) is busy: \(reason)"
         case let .sizeMismatch(tableBytes, path, backingBytes):
             return "the table covers \(tableBytes / 512) sectors but backing device \(path) has \(backingBytes / 512)"
         case let .corruptKey(at, index, reason):

@@ -88,6 +88,13 @@ public final class OSThread: @unchecked Sendable {
         let context = Unmanaged.passRetained(self).toOpaque()
         let rc = pthread_create(&thread, nil, { context in
             let me = Unmanaged<OSThread>.fromOpaque(context!).takeRetainedValue()
+            // Worker threads take no asynchronous signals: the process decides
+            // which thread handles them (the server's main thread sigwaits),
+            // and a thread started before that decision must not be picked.
+            var all = sigset_t()
+            sigfillset(&all)
+            for synchronous in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT] { sigdelset(&all, synchronous) }
+            pthread_sigmask(SIG_BLOCK, &all, nil)
             me.name.withCString { pcsSetThreadName($0) }
             me.body()
             return nil

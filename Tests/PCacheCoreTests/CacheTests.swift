@@ -190,3 +190,20 @@ import Testing
         #expect(h.write((64 << 20) - 2048, pattern(24, 4096)) == -EIO)
     }
 }
+
+@Suite struct DeviceClaimTests {
+    @Test func aSecondCacheOnTheSameDevicesIsRefused() throws {
+        let h = try CacheHarness()
+        var configuration = h.configuration
+        configuration.minimumCacheBytes = 64 << 20
+        let first = try Cache(cachePath: h.cachePath, backingPath: h.backingPath, configuration: configuration)
+        let before = h.backingBytes(0, 4096)
+        #expect {
+            _ = try Cache(cachePath: h.cachePath, backingPath: h.backingPath, configuration: configuration)
+        } throws: { error in
+            "\(error)" == "cache device \(h.cachePath) is busy: another pcache-ublk process is serving it"
+        }
+        #expect((h.backingBytes(0, 4096) == before) == true)
+        try first.stop()
+    }
+}
