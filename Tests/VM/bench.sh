@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# bench.sh [RUNTIME_SECS] (make bench-vm): one VM, fio 4 KiB random writes at
-# queue depth 1 and 32 on each block device worth comparing; prints an IOPS
-# table (also written to vm-out/bench-vm.txt). The work is in
-# Tests/VM/guest/bench.sh.
+# bench.sh [RUNTIME_SECS] (make bench-vm): one VM, the side-by-side benchmark
+# of pcache-ublk, dm-writecache, our null target, the bare disk and raw pmem
+# (fio 4 KiB randwrite/randread, iodepth 1/32, numjobs 1/2); prints the table
+# with ratios (also vm-out/bench-vm.txt). The work is in Tests/VM/guest/bench.sh.
 #
 # Numbers come from QEMU's software CPU emulation (TCG): compare the columns
 # with each other, not with real hardware.
@@ -14,5 +14,5 @@ runtime=${1:-${BENCH_RUNTIME:-5}}
 
 # The backing disk bypasses the host's page cache (cache=none), so it behaves
 # like a disk rather than like RAM.
-exec "$VM_DIR/vm-run.sh" --timeout "${VM_TIMEOUT:-900}" --pmem 1G --disk 4G --disk-cache none \
-    -e BENCH_RUNTIME="$runtime" "$VM_DIR/guest/bench.sh"
+exec "$VM_DIR/vm-run.sh" --timeout "${VM_TIMEOUT:-1800}" --pmem 1G --disk 4G --disk-cache none \
+    -e BENCH_RUNTIME="$runtime" -e BENCH_SIZE="${BENCH_SIZE:-256M}" "$VM_DIR/guest/bench.sh"
