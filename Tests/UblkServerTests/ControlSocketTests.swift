@@ -150,7 +150,7 @@ final class SocketFixture {
     @Test func badRequestsGetErrorsAndReachNothing() throws {
         let f = try SocketFixture()
         #expect(try f.ask("frobnicate") == .error(
-            "unknown request 'frobnicate' (expected one of: status, table, message, info, stop)"))
+            "unknown request 'frobnicate' (expected one of: status, table, stats, message, info, stop)"))
         #expect(try f.ask("") == .error("empty request"))
         #expect(try f.ask("status now") == .error("'status' takes no arguments"))
         #expect(try f.ask("table 1") == .error("'table' takes no arguments"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo's part inside the VM (Tests/VM/demo.sh boots it): /dev/pmem0 is the
-# cache (512 MiB), /dev/vda the slow backing disk (2 GiB).
+# The demo's part inside the VM (Tests/VM/demo.sh boots it): 1 GiB of pmem is
+# the cache, /dev/vda (2 GiB, no host page cache) the slow backing disk.
 set -uo pipefail
+. "$VM_PROJECT/Tests/VM/guest/lib.sh"
 
 step() { printf '\n>>> %s\n' "$*"; }
 show() {
@@ -18,48 +19,66 @@ must() {
         exit 1
     }
 }
+pcache() { "$PCACHE_BIN" "$@"; }
 
-step "The machine"
+step "The machine: Debian's 6.12 kernel with ublk_drv, 1 GiB of pmem, a 2 GiB disk"
 show uname -r
-show ls -l /dev/ublk-control /dev/pmem0 /dev/vda
-show lsblk -o NAME,SIZE,TYPE,DAX /dev/pmem0 /dev/vda
+show ls -l /dev/ublk-control /dev/vda
+
+step "Userspace needs a real DAX mapping of the pmem: switch it to device-DAX"
+dax=$(pmem_mode devdax) || { echo "DEMO FAILED: no device-DAX"; exit 1; }
 show ndctl list -N
+show ls -l "$dax"
 
-step "The pcache-ublk binary (built statically on the host, run from the shared project folder)"
-show ls -l "$PCACHE_BIN"
-show "$PCACHE_BIN" --version
-
-table="0 $(blockdev --getsz /dev/vda) pcache /dev/pmem0 /dev/vda 4 cache_mode writeback data_crc true"
+sectors=$(blockdev --getsz /dev/vda)
+table="0 $sectors pcache $dax /dev/vda 4 cache_mode writeback data_crc true"
 dev=/dev/ublkb0
-step "Create the cached device: /dev/vda cached by /dev/pmem0"
-# Same table syntax as dm-pcache (see the project README). The device counts as
-# created only when $dev shows up.
-show timeout 120 "$PCACHE_BIN" add --table "$table"
-for _ in $(seq 50); do [ -b "$dev" ] && break; sleep 0.1; done
+step "Create the cached device (dm-pcache's table syntax); a blank cache device is formatted"
+must pcache add --table "$table" -q 2
+show pcache list
+show pcache status -n 0
+show pcache status -n 0 --table
+echo "  (status fields: sb_flags seg_num n_segs segs_used gc_percent cache_flags key_head dirty_tail key_tail)"
 
-if [ -b "$dev" ]; then
-    show "$PCACHE_BIN" list
-    step "A filesystem on it"
-    must mkfs.ext4 -q -F "$dev"
-    mkdir -p /mnt/cached
-    must mount "$dev" /mnt/cached
-    must cp -r /usr/share/doc/fio /mnt/cached/
-    show df -h /mnt/cached
-    must umount /mnt/cached
-    step "Random 4 KiB writes through the cache"
-    must fio --name=demo --filename="$dev" --rw=randwrite --bs=4k --size=256M --iodepth=16 \
-        --ioengine=io_uring --direct=1 --runtime=10 --time_based --group_reporting
-    show "$PCACHE_BIN" status -n 0
-    step "Remove it"
-    must "$PCACHE_BIN" del -n 0
+step "A filesystem on it, and some files"
+must mkfs.ext4 -q -F "$dev"
+mkdir -p /mnt/cached
+must mount "$dev" /mnt/cached
+must cp -r /usr/share/doc/fio /usr/share/doc/e2fsprogs /mnt/cached/
+(cd /mnt/cached && find . -type f -exec sha256sum {} + | sort -k2) >/tmp/sums
+show du -sh /mnt/cached
+must umount /mnt/cached
+show pcache status -n 0
+echo "  key_head moved: the writes were logged in pmem; dirty_tail follows as writeback copies them to /dev/vda"
+
+step "Random 4 KiB writes: absorbed by pmem at memory speed, written back behind"
+must fio --name=demo --filename="$dev" --rw=randwrite --bs=4k --offset=1G --size=512M --iodepth=16 \
+    --ioengine=io_uring --direct=1 --runtime=8 --time_based --group_reporting --numjobs=1
+show pcache status -n 0
+show "$PCACHE_BIN" status -n 0 --stats
+
+step "Stop the server (dirty data stays in pmem, as with dm-pcache) and start it again: replay"
+must pcache del -n 0
+must pcache add --table "$table"
+show tail -3 /run/pcache-ublk/ublkb0.log
+must mount "$dev" /mnt/cached
+if (cd /mnt/cached && find . -type f -exec sha256sum {} + | sort -k2) | cmp -s - /tmp/sums; then
+    echo "  every file checksums the same after the restart"
 else
-    step "What comes next"
-    cat <<'TXT'
-  No /dev/ublkb0 appeared: the pcache-ublk server is still being built.
-  When it is in, this demo creates /dev/ublkb0 (the 2 GiB disk /dev/vda
-  cached by /dev/pmem0), puts an ext4 filesystem on it, runs fio random
-  writes against it and removes it. What it needs is shown above and works:
-  the ublk driver, a DAX pmem device, the backing disk and the static
-  binary running inside this VM.
-TXT
+    echo "DEMO FAILED: files differ after replay"
+    exit 1
 fi
+must umount /mnt/cached
+
+step "Write everything back and stop: the backing disk alone now holds the filesystem"
+must pcache del -n 0 --flush
+must fsck.ext4 -fn /dev/vda
+must mount -o ro /dev/vda /mnt/cached
+if (cd /mnt/cached && find . -type f -exec sha256sum {} + | sort -k2) | cmp -s - /tmp/sums; then
+    echo "  the files on /dev/vda itself checksum the same"
+else
+    echo "DEMO FAILED: files on the backing disk differ"
+    exit 1
+fi
+must umount /mnt/cached
+step "Done"
