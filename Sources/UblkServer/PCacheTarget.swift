@@ -23,6 +23,13 @@ public final class PCacheTarget: UblkTarget {
         configuration.keySetCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         cache = try Cache(cachePath: table.cacheDevicePath, backingPath: table.backingDevicePath,
                           configuration: configuration)
+        let replay = cache.replayOutcome
+        let status = cache.status()
+        Log.info("cache \(table.cacheDevicePath) (\(status.persistence) mode): "
+                 + (cache.device.didFormat ? "formatted, " : "")
+                 + "\(status.cacheSegments) segments, data_crc \(cache.dataCRC); replayed \(replay.keySets) key-sets, "
+                 + "\(replay.keys) keys (\(replay.staleKeys) stale); key_head \(status.keyHead), "
+                 + "dirty_tail \(status.dirtyTail), key_tail \(status.keyTail)")
 
         var p = UblkDeviceParameters(
             deviceBytes: table.sectors << 9,
