@@ -13,6 +13,10 @@ public struct CacheConfiguration: Sendable {
     /// Start the writeback and housekeeping threads. Tests turn this off and
     /// drive `runWriteback()` / `runGarbageCollection()` themselves.
     public var startWorkers = true
+    /// Keep the open key-sets in a shared-memory file in this directory
+    /// (e.g. /run/pcache-ublk), so a crashed server loses no acknowledged
+    /// write: the next start logs them (see `KeySetStash`). nil: in memory.
+    public var keySetStashDirectory: String? = nil
     /// Smallest cache device accepted; lowered only by tests.
     var minimumCacheBytes = PCacheLayout.minimumDeviceSize
     /// Tests only: a new cache starts its key log this many bytes before the
@@ -33,6 +37,11 @@ public final class Cache: @unchecked Sendable {
     public let dataCRC: Bool
     public let logicalBytes: UInt64
     public let replayOutcome: (keySets: Int, keys: Int, staleKeys: Int)
+    /// Keys a crashed server left in its open key-sets, logged at start;
+    /// nil when there were none, a negative count when they had to be
+    /// dropped (the log moved on without them).
+    public private(set) var adoptedKeys: Int? = nil
+    private let stash: KeySetStash?
 
     let pool: SegmentPool
     let index: CacheIndex
@@ -106,11 +115,60 @@ public final class Cache: @unchecked Sendable {
             metadata.persistDirtyTail(start)
             metadata.persistKeyTail(start)
         }
-        let outcome = try Replay(reader: reader, pool: pool, index: index, dataCRC: dataCRC).run(from: metadata.keyTail)
+        // A crashed server's open key-sets, if its stash matches this cache.
+        var stashPath: String? = nil
+        var leftover: KeySetStash.Leftover? = nil
+        let identity = KeySetStash.Identity(cacheDevicePath: memory.label, superblock: device.superblock)
+        if let directory = configuration.keySetStashDirectory {
+            stashPath = KeySetStash.path(directory: directory, identity: identity)
+            leftover = KeySetStash.leftover(at: stashPath!, identity: identity)
+        }
+
+        let replay = Replay(reader: reader, pool: pool, index: index, dataCRC: dataCRC)
+        let outcome = try replay.run(from: metadata.keyTail)
         replayOutcome = (outcome.keySets, outcome.keys, outcome.staleKeys)
         let offsets = dataAreaOffsets
-        keyLog = KeyLog(memory: memory, pool: pool, head: outcome.keyHead) { offsets[Int($0)] }
-        keySets = OpenKeySets(count: configuration.keySetCount, keyLog: keyLog, dataCRC: dataCRC)
+        let keyLog = KeyLog(memory: memory, pool: pool, head: outcome.keyHead) { offsets[Int($0)] }
+        self.keyLog = keyLog
+
+        // Keys of a crashed server: newer than every logged key of their
+        // stripe (a stripe's unclosed keys are all in one key-set), so they
+        // go into the index after replay and into the log before anything new.
+        if var leftover {
+            if Self.logEndsAtStash(&leftover, head: outcome.keyHead, reader: reader) {
+                var adopted = 0
+                for keySet in leftover.keySets {
+                    var bytes = keySet
+                    try bytes.withUnsafeMutableBytes { raw in
+                        let buffer = raw.baseAddress!
+                        let count = KeySetHeader(decoding: buffer).keyNumOrNext
+                        let at = keyLog.currentHead
+                        for i in 0..<Int(count) {
+                            let key = KeyOnMedia(decoding: buffer + KeySetHeader.encodedSize + i * KeyOnMedia.encodedSize)
+                            _ = try replay.insert(key, index: i, at: at)
+                        }
+                        let size = KeySetEncoding.seal(keyCount: Int(count), buffer: buffer)
+                        guard keyLog.write(keySet: buffer, size: size) else {
+                            throw CacheError.corruptKeyLog(
+                                at: at, reason: "no free segment to log \(count) keys left by the previous server")
+                        }
+                        adopted += Int(count)
+                    }
+                }
+                adoptedKeys = adopted
+            } else {
+                adoptedKeys = -leftover.keyCount
+            }
+        }
+        if let stashPath {
+            let stash = try KeySetStash(path: stashPath, identity: identity, slots: max(configuration.keySetCount, 1),
+                                        keyHead: keyLog.currentHead)
+            keyLog.onHeadMoved = { stash.setKeyHead($0) }
+            self.stash = stash
+        } else {
+            stash = nil
+        }
+        keySets = OpenKeySets(count: configuration.keySetCount, keyLog: keyLog, dataCRC: dataCRC, stash: stash)
 
         zeroBuffer = .allocate(byteCount: Self.zeroBufferSize, alignment: 4096)
         zeroBuffer.initializeMemory(as: UInt8.self, repeating: 0, count: Self.zeroBufferSize)
@@ -126,6 +184,31 @@ public final class Cache: @unchecked Sendable {
         // Every start rewrites cache_info, with INIT_DONE from the first on.
         metadata.persistCacheInfo(setInitDone: true)
         if configuration.startWorkers { try startWorkers() }
+    }
+
+    /// Whether a stash belongs to the log as replayed: the log must end where
+    /// the stash last saw it end. One exception: the server died after
+    /// writing a key-set but before noting the new end; then the log holds
+    /// exactly one key-set (after a LAST link, maybe) past the stash's end,
+    /// byte for byte one of the stash's own, which is then not logged again.
+    /// Anything else means another server wrote the log since, and the
+    /// stash's keys are older than what it wrote: they are dropped.
+    private static func logEndsAtStash(
+        _ leftover: inout KeySetStash.Leftover, head: CachePosition, reader: KeyLogReader
+    ) -> Bool {
+        if leftover.keyHead == head { return true }
+        var position = leftover.keyHead
+        guard case var .success(keySet) = reader.keySet(at: position) else { return false }
+        if keySet.isLast, let next = keySet.nextCacheSegID, next < reader.segmentCount {
+            position = CachePosition(cacheSegID: next, segOff: 0)
+            guard case let .success(following) = reader.keySet(at: position) else { return false }
+            keySet = following
+        }
+        guard position.advanced(by: keySet.size) == head else { return false }
+        let logged = Array(UnsafeRawBufferPointer(start: keySet.pointer, count: keySet.size))
+        guard let index = leftover.keySets.firstIndex(of: logged) else { return false }
+        leftover.keySets.remove(at: index)
+        return true
     }
 
     deinit {
@@ -320,6 +403,8 @@ public final class Cache: @unchecked Sendable {
         }
         stopWorkers()
         fsync(backing.bufferedFD)
+        // Every key is in the log now: nothing for a next server to adopt.
+        stash?.remove()
     }
 
     /// Bytes of key log between the dirty tail and the head (an estimate of

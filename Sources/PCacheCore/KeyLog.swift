@@ -13,6 +13,8 @@ final class KeyLog: @unchecked Sendable {
     private var head: CachePosition
     private let zeroes: UnsafeMutableRawPointer
     private let lastKeySet: UnsafeMutableRawPointer
+    /// Told the new head after every close (see `KeySetStash`).
+    var onHeadMoved: ((CachePosition) -> Void)?
 
     init(memory: PersistentMemory, pool: SegmentPool, head: CachePosition, dataAreaOffset: @escaping (UInt32) -> Int) {
         self.memory = memory
@@ -55,6 +57,7 @@ final class KeyLog: @unchecked Sendable {
             memory.storeAndFlush(at: at, from: keySet, count: size)
             memory.drain()
             head.segOff += UInt32(size)
+            onHeadMoved?(head)
             return true
         }
     }

@@ -42,23 +42,34 @@ final class OpenKeySets: @unchecked Sendable {
     private let keyLog: KeyLog
     private let dataCRC: Bool
 
-    init(count: Int, keyLog: KeyLog, dataCRC: Bool) {
-        self.count = max(count, 1)
+    /// Where the slot buffers live when they must survive the process.
+    private let stash: KeySetStash?
+
+    /// With a `stash`, the buffers are its slots and each key-set's key_num
+    /// is kept current in its header, so a crashed server's keys can be found.
+    init(count: Int, keyLog: KeyLog, dataCRC: Bool, stash: KeySetStash? = nil) {
+        self.stash = stash
+        self.count = stash?.slotCount ?? max(count, 1)
         self.keyLog = keyLog
         self.dataCRC = dataCRC
         slots = .allocate(capacity: self.count)
         epochs = .allocate(capacity: self.count * Self.epochStride)
         epochs.initialize(repeating: 0, count: self.count * Self.epochStride)
         for i in 0..<self.count {
-            let buffer = UnsafeMutableRawPointer.allocate(byteCount: PCacheLayout.ksetMaxSize, alignment: 64)
-            buffer.initializeMemory(as: UInt8.self, repeating: 0, count: PCacheLayout.ksetMaxSize)
+            let buffer: UnsafeMutableRawPointer
+            if let stash {
+                buffer = stash.slot(i)
+            } else {
+                buffer = .allocate(byteCount: PCacheLayout.ksetMaxSize, alignment: 64)
+                buffer.initializeMemory(as: UInt8.self, repeating: 0, count: PCacheLayout.ksetMaxSize)
+            }
             (slots + i).initialize(to: Slot(lock: PThreadMutex(), buffer: buffer, keyCount: 0, firstAppendNanos: 0))
         }
     }
 
     deinit {
         for i in 0..<count {
-            slots[i].buffer.deallocate()
+            if stash == nil { slots[i].buffer.deallocate() }
             slots[i].lock.destroy()
         }
         slots.deallocate()
@@ -93,6 +104,9 @@ final class OpenKeySets: @unchecked Sendable {
         affinity = KeySetAffinity(keySet: Int32(index), epoch: epochs[index * Self.epochStride])
         KeySetEncoding.encode(key, dataCRC: dataCRC, slot: slot.pointee.keyCount, into: slot.pointee.buffer)
         slot.pointee.keyCount += 1
+        // After the key itself: a crash between the two leaves the key uncounted
+        // (and the write it belongs to unacknowledged).
+        slot.pointee.buffer.storeBytes(of: UInt32(slot.pointee.keyCount).littleEndian, toByteOffset: 4, as: UInt32.self)
         if slot.pointee.firstAppendNanos == 0 { slot.pointee.firstAppendNanos = monotonicNanoseconds() }
         if forceClose || slot.pointee.keyCount == PCacheLayout.ksetMaxKeys {
             return closeLocked(index) ? .appended : .appendedCloseFailed
@@ -107,6 +121,7 @@ final class OpenKeySets: @unchecked Sendable {
         let size = KeySetEncoding.seal(keyCount: keyCount, buffer: slot.pointee.buffer)
         guard keyLog.write(keySet: slot.pointee.buffer, size: size) else { return false }
         slot.pointee.keyCount = 0
+        slot.pointee.buffer.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self)
         slot.pointee.firstAppendNanos = 0
         let epoch = epochs + index * Self.epochStride
         pcs_atomic_store_u32(epoch, epoch.pointee &+ 1)

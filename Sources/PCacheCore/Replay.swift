@@ -37,27 +37,28 @@ struct Replay {
                 continue
             }
             for i in 0..<keySet.keyCount {
-                let key = keySet.key(at: i)
-                try reader.validate(key, index: i, at: position)
-                if dataCRC { try reader.checkDataCRC(key, at: position) }
-                // GC drops one reference per key when it passes this key-set
-                // again, stale or not, so every key takes one now.
-                pool.markUsed(key.cacheSegID)
-                pool.takeReference(key.cacheSegID)
-                guard key.segGen >= pool.generation(key.cacheSegID) else {
-                    outcome.staleKeys += 1
-                    continue
-                }
-                let extent = Extent(
-                    start: key.off, length: key.len, flags: key.isClean ? .clean : [], segment: key.cacheSegID,
-                    segmentOffset: key.cacheSegOff, generation: key.segGen, crc: key.dataCRC,
-                    crcSpanOffset: key.cacheSegOff, crcSpanLength: key.len)
-                index.withShard(CacheIndex.subtree(of: key.off)) { $0.insert(extent) }
-                outcome.keys += 1
+                if try insert(keySet.key(at: i), index: i, at: position) { outcome.keys += 1 } else { outcome.staleKeys += 1 }
             }
             position = position.advanced(by: keySet.size)
         }
         outcome.keyHead = position
         return outcome
+    }
+
+    /// Validates one key and puts it in the index; false when it is stale.
+    /// GC drops one reference per key when it passes its key-set again,
+    /// stale or not, so every key takes one now.
+    func insert(_ key: KeyOnMedia, index i: Int, at position: CachePosition) throws -> Bool {
+        try reader.validate(key, index: i, at: position)
+        if dataCRC { try reader.checkDataCRC(key, at: position) }
+        pool.markUsed(key.cacheSegID)
+        pool.takeReference(key.cacheSegID)
+        guard key.segGen >= pool.generation(key.cacheSegID) else { return false }
+        let extent = Extent(
+            start: key.off, length: key.len, flags: key.isClean ? .clean : [], segment: key.cacheSegID,
+            segmentOffset: key.cacheSegOff, generation: key.segGen, crc: key.dataCRC,
+            crcSpanOffset: key.cacheSegOff, crcSpanLength: key.len)
+        index.withShard(CacheIndex.subtree(of: key.off)) { $0.insert(extent) }
+        return true
     }
 }

@@ -21,6 +21,10 @@ public final class PCacheTarget: UblkTarget {
         configuration.logicalBytes = table.sectors << 9
         // One key-set per possible queue: the kernel caps queues at the CPU count.
         configuration.keySetCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        // Open key-sets outlive a crashed server here (tmpfs), so kill -9
+        // loses no acknowledged write.
+        try RuntimeFiles.makeDirectories(RuntimeFiles.directory, mode: 0o700)
+        configuration.keySetStashDirectory = RuntimeFiles.directory
         cache = try Cache(cachePath: table.cacheDevicePath, backingPath: table.backingDevicePath,
                           configuration: configuration)
         let replay = cache.replayOutcome
@@ -30,6 +34,14 @@ public final class PCacheTarget: UblkTarget {
                  + "\(status.cacheSegments) segments, data_crc \(cache.dataCRC); replayed \(replay.keySets) key-sets, "
                  + "\(replay.keys) keys (\(replay.staleKeys) stale); key_head \(status.keyHead), "
                  + "dirty_tail \(status.dirtyTail), key_tail \(status.keyTail)")
+        if let adopted = cache.adoptedKeys {
+            if adopted >= 0 {
+                Log.info("logged \(adopted) keys the previous server had acknowledged but not yet logged")
+            } else {
+                Log.error("dropped \(-adopted) unlogged keys of a previous server: the key log moved on since "
+                          + "(another server ran on this cache); their writes had not been flushed")
+            }
+        }
 
         var p = UblkDeviceParameters(
             deviceBytes: table.sectors << 9,

@@ -62,7 +62,7 @@ final class CacheHarness {
     var segmentsFreed: UInt64 { segmentsFreedBeforeRestarts + cache.status().gcSegmentsFreed }
 
     init(cacheMiB: Int = 160, backingMiB: Int = 64, dataCRC: Bool = false, queues: Int = 1,
-         keyLogStartsBeforeSegmentEnd: Int? = nil) throws {
+         keyLogStartsBeforeSegmentEnd: Int? = nil, stashOpenKeySets: Bool = false) throws {
         var template = Array("/dev/shm/pcache-test-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw SystemError.last("mkdtemp") }
         directory = String(cString: template)
@@ -81,11 +81,22 @@ final class CacheHarness {
         configuration.startWorkers = false
         configuration.minimumCacheBytes = 64 << 20
         configuration.keyLogStartsBeforeSegmentEnd = keyLogStartsBeforeSegmentEnd
+        if stashOpenKeySets { configuration.keySetStashDirectory = directory + "/run" }
         try start(queueCount: queues)
     }
 
     deinit {
         cache = nil
+        if let run = configuration.keySetStashDirectory {
+            if let dir = opendir(run) {
+                while let entry = readdir(dir) {
+                    let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                    if name != "." && name != ".." { unlink(run + "/" + name) }
+                }
+                closedir(dir)
+            }
+            rmdir(run)
+        }
         unlink(cachePath)
         unlink(backingPath)
         rmdir(directory)
