@@ -20,6 +20,15 @@ must() {
     }
 }
 pcache() { "$PCACHE_BIN" "$@"; }
+# same_files WHAT: the files under /mnt/cached checksum as recorded in /tmp/sums.
+same_files() {
+    if (cd /mnt/cached && find . -type f -exec sha256sum {} + | sort -k2) | cmp -s - /tmp/sums; then
+        echo "  $1"
+    else
+        echo "DEMO FAILED: files differ ($1)"
+        exit 1
+    fi
+}
 
 step "The machine: Debian's 6.12 kernel with ublk_drv, 1 GiB of pmem, a 2 GiB disk"
 show uname -r
@@ -62,23 +71,13 @@ must pcache del -n 0
 must pcache add --table "$table"
 show tail -3 /run/pcache-ublk/ublkb0.log
 must mount "$dev" /mnt/cached
-if (cd /mnt/cached && find . -type f -exec sha256sum {} + | sort -k2) | cmp -s - /tmp/sums; then
-    echo "  every file checksums the same after the restart"
-else
-    echo "DEMO FAILED: files differ after replay"
-    exit 1
-fi
+same_files "every file checksums the same after the restart"
 must umount /mnt/cached
 
 step "Write everything back and stop: the backing disk alone now holds the filesystem"
 must pcache del -n 0 --flush
 must fsck.ext4 -fn /dev/vda
 must mount -o ro /dev/vda /mnt/cached
-if (cd /mnt/cached && find . -type f -exec sha256sum {} + | sort -k2) | cmp -s - /tmp/sums; then
-    echo "  the files on /dev/vda itself checksum the same"
-else
-    echo "DEMO FAILED: files on the backing disk differ"
-    exit 1
-fi
+same_files "the files on /dev/vda itself checksum the same"
 must umount /mnt/cached
 step "Done"
