@@ -6,6 +6,8 @@ final class CacheIndex: @unchecked Sendable {
         var lock: PThreadMutex
         var keys: SubtreeIndex
         var keySetAffinity = KeySetAffinity()
+        /// To 64 bytes: neighbouring stripes on separate cache lines.
+        var padding: (UInt64, UInt64, UInt64) = (0, 0, 0)
     }
 
     let count: Int
@@ -13,7 +15,8 @@ final class CacheIndex: @unchecked Sendable {
 
     init(backingBytes: UInt64) {
         count = Int((backingBytes + UInt64(PCacheLayout.subtreeSize) - 1) >> UInt64(PCacheLayout.subtreeShift))
-        shards = .allocate(capacity: max(count, 1))
+        shards = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Shard>.stride, alignment: 64)
+            .bindMemory(to: Shard.self, capacity: max(count, 1))
         for i in 0..<count { (shards + i).initialize(to: Shard(lock: PThreadMutex(), keys: SubtreeIndex())) }
     }
 
@@ -22,7 +25,7 @@ final class CacheIndex: @unchecked Sendable {
             shards[i].keys.deallocate()
             shards[i].lock.destroy()
         }
-        shards.deallocate()
+        UnsafeMutableRawPointer(shards).deallocate()
     }
 
     @inline(__always)

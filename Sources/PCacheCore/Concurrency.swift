@@ -6,8 +6,12 @@ import Glibc
 public struct PThreadMutex {
     private let storage: UnsafeMutablePointer<pthread_mutex_t>
 
+    /// Each mutex gets a cache line of its own: locks of neighbouring
+    /// subtrees or key-sets, taken by different queue threads, must not
+    /// share one.
     public init() {
-        storage = .allocate(capacity: 1)
+        storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, MemoryLayout<pthread_mutex_t>.size), alignment: 64)
+            .bindMemory(to: pthread_mutex_t.self, capacity: 1)
         storage.initialize(to: pthread_mutex_t())
         pthread_mutex_init(storage, nil)
     }
@@ -15,7 +19,7 @@ public struct PThreadMutex {
     /// Destroys the mutex; the value must not be used afterwards.
     public func destroy() {
         pthread_mutex_destroy(storage)
-        storage.deallocate()
+        UnsafeMutableRawPointer(storage).deallocate()
     }
 
     @inline(__always) public func lock() { pthread_mutex_lock(storage) }

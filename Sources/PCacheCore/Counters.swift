@@ -11,11 +11,14 @@ public final class QueueCounters: @unchecked Sendable {
     private let values: UnsafeMutablePointer<UInt64>
 
     init() {
-        values = .allocate(capacity: Name.allCases.count)
+        // Own cache lines: two queues' counters must not share one.
+        let bytes = (Name.allCases.count * 8 + 63) / 64 * 64
+        values = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            .bindMemory(to: UInt64.self, capacity: Name.allCases.count)
         values.initialize(repeating: 0, count: Name.allCases.count)
     }
 
-    deinit { values.deallocate() }
+    deinit { UnsafeMutableRawPointer(values).deallocate() }
 
     @inline(__always)
     func add(_ name: Name, _ amount: UInt64 = 1) {

@@ -17,12 +17,14 @@ import CSupport
 ///
 /// Each key-set has its own lock, taken inside the subtree lock.
 final class OpenKeySets: @unchecked Sendable {
-    private struct Slot {
+    struct Slot {
         var lock: PThreadMutex
         var buffer: UnsafeMutableRawPointer
         var keyCount: Int
         /// Monotonic time of the first key not yet closed, 0 when empty.
         var firstAppendNanos: UInt64
+        /// To 64 bytes: each queue's slot on its own cache line.
+        var padding: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     }
 
     enum AppendResult {
@@ -52,7 +54,8 @@ final class OpenKeySets: @unchecked Sendable {
         self.count = stash?.slotCount ?? max(count, 1)
         self.keyLog = keyLog
         self.dataCRC = dataCRC
-        slots = .allocate(capacity: self.count)
+        slots = UnsafeMutableRawPointer.allocate(byteCount: self.count * MemoryLayout<Slot>.stride, alignment: 64)
+            .bindMemory(to: Slot.self, capacity: self.count)
         epochs = .allocate(capacity: self.count * Self.epochStride)
         epochs.initialize(repeating: 0, count: self.count * Self.epochStride)
         for i in 0..<self.count {
@@ -72,7 +75,7 @@ final class OpenKeySets: @unchecked Sendable {
             if stash == nil { slots[i].buffer.deallocate() }
             slots[i].lock.destroy()
         }
-        slots.deallocate()
+        UnsafeMutableRawPointer(slots).deallocate()
         epochs.deallocate()
     }
 

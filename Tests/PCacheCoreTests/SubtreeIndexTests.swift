@@ -107,3 +107,11 @@ import Testing
 }
 
 typealias SeededGenerator = SplitMix64
+
+@Suite struct CacheLineLayoutTests {
+    /// Per-stripe and per-queue shared structures are one cache line each.
+    @Test func sharedStructuresFillWholeCacheLines() {
+        #expect(MemoryLayout<CacheIndex.Shard>.stride == 64)
+        #expect(MemoryLayout<OpenKeySets.Slot>.stride == 64)
+    }
+}
