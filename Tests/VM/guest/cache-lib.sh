@@ -159,13 +159,16 @@ flush_dev() { python3 -c "import os,sys; fd=os.open(sys.argv[1], os.O_WRONLY); o
 # fio_job NAME ARGS...: runs fio on /dev/ublkb0 (unless --filename is given)
 # with its output in /tmp/fio-NAME.out; fails unless fio exits 0 with err=0.
 fio_job() {
-    local name=$1 rc
+    local name=$1 rc file=(--filename=/dev/ublkb0)
     shift
-    fio --name="$name" --filename=/dev/ublkb0 --ioengine=io_uring --direct=1 "$@" \
-        --output=/tmp/fio-"$name".out >/dev/null 2>&1
+    [[ " $* " == *" --filename="* ]] && file=()
+    # fio would create a regular file in place of a missing device node.
+    [ ${#file[@]} -eq 0 ] || test -b /dev/ublkb0 || { echo "/dev/ublkb0 is not a block device"; return 1; }
+    fio --name="$name" "${file[@]}" --ioengine=io_uring --direct=1 "$@" \
+        --output=/tmp/fio-"$name".out >/tmp/fio-"$name".err 2>&1
     rc=$?
     if [ $rc -ne 0 ] || ! grep -q 'err= 0' /tmp/fio-"$name".out; then
-        grep -E 'err=|verify|bad|error' /tmp/fio-"$name".out | head -n 8
+        grep -E 'err=|verify|bad|error|fio:' /tmp/fio-"$name".out /tmp/fio-"$name".err | head -n 12
         return 1
     fi
 }
