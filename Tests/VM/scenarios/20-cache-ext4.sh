@@ -5,7 +5,7 @@
 # filesystem (mounted directly, read-only); the cache device's first MiB
 # zeroed -> add formats a fresh cache and the files come from the backing
 # device.
-# vm-run: --pmem 1G --disk 2G --timeout 420
+# vm-run: --pmem 1G --disk 2G --timeout 600 -e PCACHE_VM_SOAK
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"
 . "$VM_PROJECT/Tests/VM/guest/cache-lib.sh"
 

@@ -4,7 +4,7 @@
 # 512-byte writes, 512 KiB sequential writes, each read back and checked;
 # then a separate --verify_only pass after del/add (served by the replayed
 # cache), and one over the backing device itself after del --flush.
-# vm-run: --pmem 1G --disk 2G --timeout 420
+# vm-run: --pmem 1G --disk 2G --timeout 600 -e PCACHE_VM_SOAK
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"
 . "$VM_PROJECT/Tests/VM/guest/cache-lib.sh"
 
