@@ -169,6 +169,11 @@ public final class UblkDevice: @unchecked Sendable {
         queues.reduce(0) { $0 + $1.requestsServed.load(ordering: .relaxed) }
     }
 
+    /// Requests served so far by each queue, in queue order.
+    public var requestsServedPerQueue: [UInt64] {
+        queues.map { $0.requestsServed.load(ordering: .relaxed) }
+    }
+
     /// Best effort: writes back the page cache of /dev/ublkbN while the
     /// queues still serve (STOP_DEV would otherwise fail what is still dirty).
     public func syncBlockDevice() {

@@ -157,6 +157,7 @@ public enum UblkServer {
             "state \(current.stateName)",
             "features \(UblkFeatures.names(current.flags).joined(separator: ","))",
             "requests \(device.requestsServed)",
+            "queue_requests \(device.requestsServedPerQueue.map(String.init).joined(separator: " "))",
         ]
     }
 }

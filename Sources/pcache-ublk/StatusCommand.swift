@@ -4,7 +4,7 @@ import UblkServer
 
 /// `pcache-ublk status`: the target's status (or table) line, like `dmsetup status`.
 enum StatusCommand {
-    static let summary = "print a device's status line (--table: its table line; --info, --stats: details)"
+    static let summary = "print a device's status line (--table: its table line; --info: server details; --stats: counters)"
     static let usage = "pcache-ublk status [-n <id>] [--table | --info | --stats]"
 
     static func run(_ args: [String]) throws -> Int32 {
@@ -14,9 +14,10 @@ enum StatusCommand {
 
                 Asks the device's server for its status line (dmsetup status), its
                 table line with --table (dmsetup table), the server's details with
-                --info, or the cache's counters with --stats (requests, hits and
-                misses, writeback and GC progress, errors). Without -n: every
-                pcache-ublk device, prefixed with its path.
+                --info, or the target's counters with --stats (`name value` lines:
+                writeback_failures, writeback_last_error, crcErrors, gc_segments_freed,
+                ...). Without -n: every pcache-ublk device, one line each,
+                prefixed with its path.
                 """)
             return 0
         }
