@@ -13,6 +13,9 @@
 # host for run-tests.sh) makes the scenarios run longer: $SOAK is 1 or more
 # and scales their I/O sizes and repetitions.
 
+# Sections show the seconds since the scenario started.
+section() { printf '\n== %s  [%d s]\n' "$*" "$SECONDS"; }
+
 B=${PCACHE_BIN:-/nonexistent}
 RUN=/run/pcache-ublk
 SOAK=${PCACHE_VM_SOAK:-0}
