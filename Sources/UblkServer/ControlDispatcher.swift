@@ -1,8 +1,8 @@
 /// Answers control-socket requests for one device: the built-in verbs
-/// (`info`, `stop`, `stop flush`) here, `status`, `table` and `message …`
-/// through the target. Runs on the control-socket thread.
+/// (`info`, `stop`, `stop flush`) here, `status`, `table`, `stats` and
+/// `message …` through the target. Runs on the control-socket thread.
 public final class ControlDispatcher: Sendable {
-    public static let verbs = ["status", "table", "message", "info", "stop"]
+    public static let verbs = ["status", "table", "stats", "message", "info", "stop"]
 
     private let target: UblkTarget
     private let info: @Sendable () -> [String]
@@ -21,7 +21,7 @@ public final class ControlDispatcher: Sendable {
 
     public func reply(verb: String, words: [String]) -> ControlReply {
         switch verb {
-        case "status", "table":
+        case "status", "table", "stats":
             guard words.count == 1 else { return .error("'\(verb)' takes no arguments") }
             return target.control([verb])
         case "info":

@@ -28,6 +28,7 @@ public final class NullTarget: UblkTarget {
         switch words.first {
         case "status": return .ok(["0 \(sectors) null"])
         case "table": return .ok(["0 \(sectors) null"])
+        case "stats": return .ok(["target null"])
         case "message": return .error("the null target accepts no messages")
         default: return .error("unknown request")
         }

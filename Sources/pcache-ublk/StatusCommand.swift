@@ -4,8 +4,8 @@ import UblkServer
 
 /// `pcache-ublk status`: the target's status (or table) line, like `dmsetup status`.
 enum StatusCommand {
-    static let summary = "print a device's status line (--table: its table line; --info: server details)"
-    static let usage = "pcache-ublk status [-n <id>] [--table | --info]"
+    static let summary = "print a device's status line (--table: its table line; --info: server details; --stats: counters)"
+    static let usage = "pcache-ublk status [-n <id>] [--table | --info | --stats]"
 
     static func run(_ args: [String]) throws -> Int32 {
         if UblkCLI.wantsHelp(args) {
@@ -13,22 +13,25 @@ enum StatusCommand {
                 usage: \(usage)
 
                 Asks the device's server for its status line (dmsetup status), its
-                table line with --table (dmsetup table), or the server's details with
-                --info. Without -n: every pcache-ublk device, one line each,
+                table line with --table (dmsetup table), the server's details with
+                --info, or the target's counters with --stats (`name value` lines:
+                writeback_failures, writeback_last_error, crcErrors, gc_segments_freed,
+                ...). Without -n: every pcache-ublk device, one line each,
                 prefixed with its path.
                 """)
             return 0
         }
         return UblkCLI.run("status", usage: usage) {
             let parsed = try UblkCLI.Arguments(
-                args, valued: ["-n": "id", "--id": "id"], flags: ["--table": "table", "--info": "info"])
+                args, valued: ["-n": "id", "--id": "id"], flags: ["--table": "table", "--info": "info", "--stats": "stats"])
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
             }
-            if parsed.has("table") && parsed.has("info") {
-                throw UblkCLI.UsageError("--table and --info exclude each other")
+            let chosen = ["table", "info", "stats"].filter { parsed.has($0) }
+            if chosen.count > 1 {
+                throw UblkCLI.UsageError("--table, --info and --stats exclude each other")
             }
-            let request = parsed.has("table") ? "table" : parsed.has("info") ? "info" : "status"
+            let request = chosen.first ?? "status"
             if let id = try parsed.deviceID() {
                 switch try UblkCLI.ask(id, request) {
                 case .ok(let lines):

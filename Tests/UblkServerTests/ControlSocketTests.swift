@@ -20,6 +20,7 @@ final class FakeTarget: UblkTarget {
         switch words.first {
         case "status": return .ok(["0 2097152 pcache 0 63 63 1 70 1182 0:0 0:0 0:0"])
         case "table": return .ok(["0 2097152 pcache 259:0 254:16 4 cache_mode writeback crc true"])
+        case "stats": return .ok(["writeback_failures 0", "crcErrors 0"])
         case "message":
             do {
                 _ = try PCacheMessage.parse(Array(words.dropFirst()))
@@ -136,10 +137,12 @@ final class SocketFixture {
         #expect(try f.ask("table") == .ok(["0 2097152 pcache 259:0 254:16 4 cache_mode writeback crc true"]))
         #expect(try f.ask("STATUS") == .ok(["0 2097152 pcache 0 63 63 1 70 1182 0:0 0:0 0:0"]))
         #expect(try f.ask("info") == .ok(["id 7", "state LIVE"]))
+        #expect(try f.ask("stats") == .ok(["writeback_failures 0", "crcErrors 0"]))
         #expect(try f.ask("message gc_percent 10") == .ok([]))
         #expect(try f.ask("message gc_percent 91") == .error("Invalid gc_percent value (91 is above 90)"))
         #expect(f.target.seen.withLock { $0 } == [
-            ["status"], ["table"], ["status"], ["message", "gc_percent", "10"], ["message", "gc_percent", "91"],
+            ["status"], ["table"], ["status"], ["stats"], ["message", "gc_percent", "10"],
+            ["message", "gc_percent", "91"],
         ])
         #expect(f.stops.withLock { $0 }.isEmpty)
         #expect(try f.ask("stop") == .ok(["stopping"]))
@@ -150,10 +153,11 @@ final class SocketFixture {
     @Test func badRequestsGetErrorsAndReachNothing() throws {
         let f = try SocketFixture()
         #expect(try f.ask("frobnicate") == .error(
-            "unknown request 'frobnicate' (expected one of: status, table, message, info, stop)"))
+            "unknown request 'frobnicate' (expected one of: status, table, stats, message, info, stop)"))
         #expect(try f.ask("") == .error("empty request"))
         #expect(try f.ask("status now") == .error("'status' takes no arguments"))
         #expect(try f.ask("table 1") == .error("'table' takes no arguments"))
+        #expect(try f.ask("stats all") == .error("'stats' takes no arguments"))
         #expect(try f.ask("info x") == .error("'info' takes no arguments"))
         #expect(try f.ask("message") == .error("'message' needs a message, e.g. 'message gc_percent 80'"))
         #expect(try f.ask("stop now") == .error("'stop' takes no argument or 'flush'"))

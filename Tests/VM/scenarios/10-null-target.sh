@@ -100,7 +100,7 @@ fio --name=bg --filename=/dev/ublkb0 --rw=randrw --bs=4k --direct=1 --ioengine=i
     --runtime=8 --time_based --output-format=json >/tmp/bg.json 2>&1 &
 fiopid=$!
 sleep 1
-check_eq "unknown verb" "error: unknown request 'frobnicate' (expected one of: status, table, message, info, stop)" \
+check_eq "unknown verb" "error: unknown request 'frobnicate' (expected one of: status, table, stats, message, info, stop)" \
     "$(printf 'frobnicate\n' | sock_raw 0 | head -n 1)"
 check_eq "64 KiB request" "error: request too long (limit 4096 bytes)" \
     "$(head -c 65536 /dev/zero | tr '\0' a | sock_raw 0 | head -n 1)"
