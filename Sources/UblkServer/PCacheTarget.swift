@@ -21,6 +21,7 @@ public final class PCacheTarget: UblkTarget {
         configuration.logicalBytes = table.sectors << 9
         // One key-set per possible queue: the kernel caps queues at the CPU count.
         configuration.keySetCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        configuration.events = { Log.warning($0) }
         cache = try Cache(cachePath: table.cacheDevicePath, backingPath: table.backingDevicePath,
                           configuration: configuration)
 

@@ -62,7 +62,7 @@ final class CacheHarness {
     var segmentsFreed: UInt64 { segmentsFreedBeforeRestarts + cache.status().gcSegmentsFreed }
 
     init(cacheMiB: Int = 160, backingMiB: Int = 64, dataCRC: Bool = false, queues: Int = 1,
-         keyLogStartsBeforeSegmentEnd: Int? = nil) throws {
+         keyLogStartsBeforeSegmentEnd: Int? = nil, events: (@Sendable (String) -> Void)? = nil) throws {
         var template = Array("/dev/shm/pcache-test-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw SystemError.last("mkdtemp") }
         directory = String(cString: template)
@@ -81,6 +81,7 @@ final class CacheHarness {
         configuration.startWorkers = false
         configuration.minimumCacheBytes = 64 << 20
         configuration.keyLogStartsBeforeSegmentEnd = keyLogStartsBeforeSegmentEnd
+        configuration.events = events
         try start(queueCount: queues)
     }
 
