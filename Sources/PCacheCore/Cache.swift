@@ -244,6 +244,20 @@ public final class Cache: @unchecked Sendable {
         }
     }
 
+    /// Waits the whole time unless the cache stops: kicks do not cut it
+    /// short. False when stopping.
+    private func pause(_ nanoseconds: UInt64) -> Bool {
+        let deadline = monotonicNanoseconds() &+ nanoseconds
+        return workerLock.withLock {
+            while !workersStopping {
+                let now = monotonicNanoseconds()
+                guard now < deadline else { break }
+                workerCondition.wait(workerLock, nanoseconds: deadline - now)
+            }
+            return !workersStopping
+        }
+    }
+
     private var isStopping: Bool { workerLock.withLock { workersStopping } }
 
     /// Failed attempts before the current run of writeback failures; nil
@@ -282,8 +296,10 @@ public final class Cache: @unchecked Sendable {
                 // The kernel polls every 5 s; closes kick us sooner.
                 if !sleep(1_000_000_000, kicked: \.writebackKicked) { return }
             case .failed:
-                // The backing device failed: retry the same key-set later.
-                if !sleep(backoff, kicked: \.writebackKicked) { return }
+                // The backing device failed: retry the same key-set after the
+                // back-off. Not sooner: housekeeping and key-set closes kick
+                // writeback every 100 ms while anything is dirty.
+                if !pause(backoff) { return }
                 backoff = min(backoff * 2, 5_000_000_000)
             }
         }
