@@ -52,7 +52,8 @@ check "writeback keeps running against the slow device" test "$(stat_of 0 writeb
 section "failing backing device: dm-flakey error_writes"
 must "swap in the failing table" swap "$flakey"
 failures0=$(stat_of 0 writeback_failures)
-t=$(date +%s%N)
+failing_since=$(date +%s%N)
+t=$failing_since
 check "2 x 4000 more writes with fsyncs: none fails" writers 2 4000
 note "took $(ms_since $t) ms"
 check "writeback failures are counted" wait_for 15 sh -c "test \$('$B' status -n 0 --stats | awk '\$1==\"writeback_failures\" {print \$2}') -gt $failures0"
@@ -68,6 +69,10 @@ check "reads work meanwhile (misses come from the device): everything durable re
     python3 "$BLOCKCHECK" verify /dev/ublkb0 --logs $work/i*.log
 
 section "healed: dm-linear"
+attempts=$(($(stat_of 0 writeback_failures) - failures0))
+secs=$((($(date +%s%N) - failing_since) / 1000000000))
+check "writeback retries back off: $attempts attempts in $secs s of failures (at most 2 + 1 per s)" \
+    test "$attempts" -le $((2 + secs))
 must "swap in the healthy table" swap "$linear"
 t=$(date +%s%N)
 check "writeback catches up: dirty_tail = key_head" wait_for 120 clean 0
