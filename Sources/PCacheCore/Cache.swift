@@ -17,6 +17,10 @@ public struct CacheConfiguration: Sendable {
     /// (e.g. /run/pcache-ublk), so a crashed server loses no acknowledged
     /// write: the next start logs them (see `KeySetStash`). nil: in memory.
     public var keySetStashDirectory: String? = nil
+    /// Told, from the writeback thread, when writeback starts failing, when it
+    /// resumes and when it halts for good (the server logs it, like the
+    /// kernel's "writeback error: %d"). Once per change, not per attempt.
+    public var events: (@Sendable (String) -> Void)? = nil
     /// Smallest cache device accepted; lowered only by tests.
     var minimumCacheBytes = PCacheLayout.minimumDeviceSize
     /// Tests only: a new cache starts its key log this many bytes before the
@@ -48,6 +52,7 @@ public final class Cache: @unchecked Sendable {
     let keyLog: KeyLog
     let keySets: OpenKeySets
     let reader: KeyLogReader
+    private let events: (@Sendable (String) -> Void)?
     private let dataAreaOffsets: UnsafeMutablePointer<Int>
     private var writeback: Writeback!
     private var collector: GarbageCollector!
@@ -96,6 +101,7 @@ public final class Cache: @unchecked Sendable {
         }
         self.memory = memory
         self.backing = backing
+        events = configuration.events
         logicalBytes = logical
         device = try CacheDevice.open(memory: memory, minimumSize: configuration.minimumCacheBytes)
         metadata = try CacheMetadata.open(device: device, dataCRC: configuration.dataCRC, cacheMode: configuration.cacheMode)
@@ -282,7 +288,7 @@ public final class Cache: @unchecked Sendable {
 
     /// Writes back one key-set; for tests that run without worker threads.
     @discardableResult
-    public func runWriteback() -> Bool { writeback.step() == .progressed }
+    public func runWriteback() -> Bool { writebackStep() == .progressed }
 
     /// Collects one key-set; for tests that run without worker threads.
     @discardableResult
@@ -321,12 +327,51 @@ public final class Cache: @unchecked Sendable {
         }
     }
 
+    /// Waits the whole time unless the cache stops: kicks do not cut it
+    /// short. False when stopping.
+    private func pause(_ nanoseconds: UInt64) -> Bool {
+        let deadline = monotonicNanoseconds() &+ nanoseconds
+        return workerLock.withLock {
+            while !workersStopping {
+                let now = monotonicNanoseconds()
+                guard now < deadline else { break }
+                workerCondition.wait(workerLock, nanoseconds: deadline - now)
+            }
+            return !workersStopping
+        }
+    }
+
     private var isStopping: Bool { workerLock.withLock { workersStopping } }
+
+    /// Failed attempts before the current run of writeback failures; nil
+    /// while writeback succeeds. Writeback thread (or a test) only.
+    private var writebackFailingSince: UInt64? = nil
+
+    /// One writeback step, telling `events` when writeback starts failing,
+    /// resumes, or halts.
+    private func writebackStep() -> Writeback.StepResult {
+        let result = writeback.step()
+        if result == .failed {
+            if let fatal = writeback.fatalError {
+                events?("writeback halted: \(fatal)")
+            } else if writebackFailingSince == nil {
+                writebackFailingSince = writeback.failedAttempts - 1
+                let errno = writeback.lastError
+                events?("writeback error: \(PCacheError.errnoText(-errno)) (errno \(-errno)) at dirty tail "
+                    + "\(metadata.dirtyTail); retrying the key-set until the backing device accepts it")
+            }
+        } else if let since = writebackFailingSince, result == .progressed {
+            events?("writeback resumed after \(writeback.failedAttempts - since) failed attempt(s)")
+            writebackFailingSince = nil
+        }
+        return result
+    }
 
     private func writebackLoop() {
         var backoff: UInt64 = 100_000_000
         while !isStopping {
-            switch writeback.step() {
+            let result = writebackStep()
+            switch result {
             case .progressed:
                 backoff = 100_000_000
                 kickReclaim()
@@ -334,8 +379,10 @@ public final class Cache: @unchecked Sendable {
                 // The kernel polls every 5 s; closes kick us sooner.
                 if !sleep(1_000_000_000, kicked: \.writebackKicked) { return }
             case .failed:
-                // The backing device failed: retry the same key-set later.
-                if !sleep(backoff, kicked: \.writebackKicked) { return }
+                // The backing device failed: retry the same key-set after the
+                // back-off. Not sooner: housekeeping and key-set closes kick
+                // writeback every 100 ms while anything is dirty.
+                if !pause(backoff) { return }
                 backoff = min(backoff * 2, 5_000_000_000)
             }
         }

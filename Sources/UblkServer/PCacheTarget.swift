@@ -25,6 +25,7 @@ public final class PCacheTarget: UblkTarget {
         // loses no acknowledged write.
         try RuntimeFiles.makeDirectories(RuntimeFiles.directory, mode: 0o700)
         configuration.keySetStashDirectory = RuntimeFiles.directory
+        configuration.events = { Log.warning($0) }
         cache = try Cache(cachePath: table.cacheDevicePath, backingPath: table.backingDevicePath,
                           configuration: configuration)
         let replay = cache.replayOutcome

@@ -1,3 +1,4 @@
+import Synchronization
 import Glibc
 import Testing
 
@@ -117,7 +118,8 @@ import Testing
     /// Writeback against a failing backing device keeps the data dirty in
     /// the cache, reports the errors, and catches up once the device heals.
     @Test func writebackRetriesUntilTheBackingDeviceHeals() throws {
-        let h = try CacheHarness()
+        let events = EventLog()
+        let h = try CacheHarness(events: { events.append($0) })
         let data = pattern(21, 65536)
         #expect(h.write(1 << 20, data) == 65536)
         #expect(h.flush() == 0)
@@ -138,6 +140,9 @@ import Testing
         #expect(failing.dirtyTail == dirtyBefore, "the dirty tail must not move past data the device did not take")
         #expect((h.read(1 << 20, 65536).1 == data) == true, "dirty data stays readable from the cache")
         #expect((h.backingBytes(1 << 20, 65536) == [UInt8](repeating: 0, count: 65536)) == true)
+        let told = events.lines
+        #expect(told.count == 1, "one event for a run of failures, not one per attempt: \(told)")
+        #expect(told.first?.hasPrefix("writeback error: Bad file descriptor (errno 9) at dirty tail") == true)
 
         // Heal: writeback resumes from the same key-set.
         for (fd, copy) in saved {
@@ -147,6 +152,7 @@ import Testing
         while h.cache.runWriteback() {}
         #expect(h.cache.status().isClean)
         #expect((h.backingBytes(1 << 20, 65536) == data) == true)
+        #expect(events.lines.last == "writeback resumed after 2 failed attempt(s)")
     }
 
     @Test func failedMissReadReturnsTheErrorAndCachesNothing() throws {
@@ -255,4 +261,11 @@ import Testing
         #expect((h.read(0, 4096).1 == [UInt8](repeating: 0, count: 4096)) == true)
         #expect((h.read(1 << 20, 4096).1 == pattern(36, 4096)) == true)
     }
+}
+
+/// Lines a cache told through `CacheConfiguration.events`.
+final class EventLog: Sendable {
+    private let mutex = Mutex<[String]>([])
+    func append(_ line: String) { mutex.withLock { $0.append(line) } }
+    var lines: [String] { mutex.withLock { $0 } }
 }

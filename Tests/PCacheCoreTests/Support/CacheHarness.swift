@@ -62,7 +62,8 @@ final class CacheHarness {
     var segmentsFreed: UInt64 { segmentsFreedBeforeRestarts + cache.status().gcSegmentsFreed }
 
     init(cacheMiB: Int = 160, backingMiB: Int = 64, dataCRC: Bool = false, queues: Int = 1,
-         keyLogStartsBeforeSegmentEnd: Int? = nil, stashOpenKeySets: Bool = false) throws {
+         keyLogStartsBeforeSegmentEnd: Int? = nil, stashOpenKeySets: Bool = false,
+         events: (@Sendable (String) -> Void)? = nil) throws {
         var template = Array("/dev/shm/pcache-test-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw SystemError.last("mkdtemp") }
         directory = String(cString: template)
@@ -82,6 +83,7 @@ final class CacheHarness {
         configuration.minimumCacheBytes = 64 << 20
         configuration.keyLogStartsBeforeSegmentEnd = keyLogStartsBeforeSegmentEnd
         if stashOpenKeySets { configuration.keySetStashDirectory = directory + "/run" }
+        configuration.events = events
         try start(queueCount: queues)
     }
 
