@@ -70,6 +70,7 @@ if [ $failed = 0 ]; then
     "$VM_RUN" "${machine[@]}" --result-file "$dir/rfinal" "$guest" "$dir" "$iterations" final >"$dir/out-final" 2>&1
     rc=$?
     grep -E '^   (ok|FAIL|\||note)' "$dir/out-final"
+    [ -f "$dir/verify-$iterations" ] && echo "         verified: $(paste -sd' ' "$dir/verify-$iterations")"
     [ $rc -eq 0 ] || bad "last boot: exit $rc, $(cat "$dir/rfinal" 2>/dev/null)"
 fi
 echo "   cuts landed in: $(printf '%s\n' "${cuts_in[@]}" | sort | uniq -c | awk '{ printf "%s %s, ", $2, $1 }')"
