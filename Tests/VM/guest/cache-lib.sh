@@ -214,7 +214,8 @@ fio_job() {
     [[ " $* " == *" --filename="* ]] && file=()
     # fio would create a regular file in place of a missing device node.
     [ ${#file[@]} -eq 0 ] || test -b /dev/ublkb0 || { echo "/dev/ublkb0 is not a block device"; return 1; }
-    fio --name="$name" "${file[@]}" --ioengine=io_uring --direct=1 "$@" \
+    # (fio would leave its verify state files in the working directory: the project)
+    fio --name="$name" "${file[@]}" --ioengine=io_uring --direct=1 --verify_state_save=0 "$@" \
         --output=/tmp/fio-"$name".out >/tmp/fio-"$name".err 2>&1
     rc=$?
     if [ $rc -ne 0 ] || ! grep -q 'err= 0' /tmp/fio-"$name".out; then

@@ -76,7 +76,7 @@ check "verify_only region 1 (flushed before the kill)" fio_job r1v "${common[@]}
 check "verify_only region 2 (FUA writes across the kill)" fio_job r2v "${common[@]}" "${r2[@]}" --verify_only
 
 section "kill -9 under a read load, recover"
-fio_job r2r "${common[@]}" "${r2[@]}" --verify_only &
+fio_job r2r "${common[@]}" "${r2[@]}" --verify_only --rate_iops=$((4000 * M)) &
 fiopid=$!
 r0=$(stat_value 0 reads)
 check "the reads run" wait_for 60 sh -c "[ \$('$B' status -n 0 --stats | awk '\$1 == \"reads\" { print \$2 }') -gt $((r0 + 2000)) ]"

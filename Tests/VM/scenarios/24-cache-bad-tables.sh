@@ -43,9 +43,9 @@ before=$(snap 64 $FILES)
 note "first 64 MiB: $before"
 
 # refused EXPECTED ADD-ARGUMENTS...: add must fail, saying EXPECTED, and
-# change nothing: the first $PER_CASE_MIB MiB of every device and file are
-# compared before and after each case, the first 64 MiB before and after all
-# of them (crc32: sha256 is too slow under TCG). bad EXPECTED TABLE [OPTIONS...]: the same for
+# change nothing: the first $PER_CASE_MIB MiB of both devices are compared
+# before and after each case, the first 64 MiB of every device and file
+# before and after all of them (crc32: sha256 is too slow under TCG). bad EXPECTED TABLE [OPTIONS...]: the same for
 # a table.
 n_bad=0
 PER_CASE_MIB=$((SOAK > 1 ? 64 : 2))
@@ -53,10 +53,10 @@ refused() {
     local expect=$1 out rc b a
     shift
     n_bad=$((n_bad + 1))
-    b=$(snap $PER_CASE_MIB $FILES)
+    b=$(snap $PER_CASE_MIB $DAX $V)
     out=$("$B" add "$@" 2>&1)
     rc=$?
-    a=$(snap $PER_CASE_MIB $FILES)
+    a=$(snap $PER_CASE_MIB $DAX $V)
     printf '   %2d  add' $n_bad
     printf ' %q' "$@"
     printf '\n         -> exit %d: %s\n' $rc "$(printf '%s' "$out" | head -n 1)"
@@ -123,7 +123,9 @@ bad "Error opening cache device" "0 $S pcache $MOUNTED $V"
 PER_CASE_MIB=64
 bad "data_crc" "0 $S pcache $T 2 data_crc false"
 bad "data_crc" "0 $S pcache $T"
+g=$(snap 64 /tmp/garbage.img)
 bad "magic" "0 $S pcache /tmp/garbage.img $V"
+check_eq "  the garbage cache file unchanged" "$g" "$(snap 64 /tmp/garbage.img)"
 PER_CASE_MIB=$((SOAK > 1 ? 64 : 2))
 
 section "bad add options (usage errors, exit 2)"
