@@ -57,7 +57,9 @@ check "verify_only: 512-byte region" fio_job smallv "${common[@]}" "${small[@]}"
 check "verify_only: sequential region" fio_job seqv "${common[@]}" "${seq[@]}" --verify_only
 hit=$(stat_value 0 hitBytes) miss=$(stat_value 0 missBytes)
 note "read since the add: $((hit >> 20)) MiB from the cache, $((miss >> 20)) MiB from $BACKING"
-check "read from the replayed cache" test "$hit" -gt $(((12 + 96 + 2 + 32) * M << 20))
+# (All of it when it fits below gc_percent; with PCACHE_VM_SOAK GC may have
+# collected some of it, which is then read from the backing device.)
+check "read from the replayed cache" test "$hit" -gt $(((12 + 96 + 2 + 32) * (M > 1 ? M / 2 : 1) << 20))
 
 section "del --flush, verify_only over $BACKING itself"
 pid=$(server_pid 0)
