@@ -9,9 +9,10 @@
 #   must "add" cache_add
 #   ...
 #
-# PCACHE_VM_SOAK=1 (passed with `vm-run.sh -e PCACHE_VM_SOAK`, or set on the
-# host for run-tests.sh) makes the scenarios run longer: $SOAK is 1 or more
-# and scales their I/O sizes and repetitions.
+# PCACHE_VM_SOAK (set on the host; the scenarios pass it with
+# `-e PCACHE_VM_SOAK`) makes them run longer: $SOAK scales their I/O sizes and
+# repetitions: 1 normally, 4 with PCACHE_VM_SOAK=1 (or yes/true), N with
+# PCACHE_VM_SOAK=N for N >= 2.
 
 # Sections show the seconds since the scenario started.
 section() { printf '\n== %s  [%d s]\n' "$*" "$SECONDS"; }

@@ -165,7 +165,8 @@ for t in "$TABLE:Error opening backing device" \
     check "  no second device" test ! -e /sys/class/ublk-char/ublkc1
 done
 check_eq "the other devices unchanged" "$held_before" "$(snap 8 $OTHER /tmp/other-cache.img)"
-out=$(mount -o ro "$V" /mnt/m 2>&1)
+mkdir -p /mnt/v
+out=$(mount -o ro "$V" /mnt/v 2>&1)
 check "mounting the backing device under the cache is refused: $out" test $? -ne 0
 out=$("$B" recover -n 0 2>&1)
 check "recover of the LIVE device is refused: $out" sh -c "printf '%s' \"\$1\" | grep -q 'nothing to recover'" _ "$out"
