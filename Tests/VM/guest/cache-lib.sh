@@ -43,18 +43,6 @@ cache_add() {
 }
 
 # wait_for SECONDS COMMAND...: polls every 0.1 s until COMMAND succeeds.
-wait_for() {
-    local n=$(($1 * 10))
-    shift
-    while [ $n -gt 0 ]; do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-        n=$((n - 1))
-    done
-    return 1
-}
-
-gone() { ! test -e "/sys/class/ublk-char/ublkc$1"; }
 no_process() { ! kill -0 "$1" 2>/dev/null; }
 
 # server_pid ID: the pid of device ID's server (from `status --info`).

@@ -39,16 +39,6 @@ for d in json.load(sys.stdin):
 }
 
 # wait_for SECONDS COMMAND...: polls (every 0.2 s) until COMMAND succeeds.
-wait_for() {
-    local n=$(($1 * 5))
-    shift
-    while [ $n -gt 0 ]; do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.2
-        n=$((n - 1))
-    done
-    return 1
-}
 
 # clean ID: the dirty tail has caught up with the key head.
 clean() { [ "$(status_field "$1" 7)" = "$(status_field "$1" 8)" ]; }

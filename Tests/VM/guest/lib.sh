@@ -71,6 +71,22 @@ pmem_mode() {
     echo "/dev/$dev"
 }
 
+# wait_for SECONDS COMMAND...: polls COMMAND (quietly) every 0.1 s until it
+# succeeds; fails when SECONDS pass first.
+wait_for() {
+    local n=$(($1 * 10))
+    shift
+    while [ $n -gt 0 ]; do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+        n=$((n - 1))
+    done
+    return 1
+}
+
+# gone ID: ublk device ID no longer exists.
+gone() { ! test -e "/sys/class/ublk-char/ublkc$1"; }
+
 # finish: prints the tally and exits (1 when a check failed).
 finish() {
     echo

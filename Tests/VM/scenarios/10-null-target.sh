@@ -18,17 +18,6 @@ for d in json.load(sys.stdin):
     if d['id'] == $1: print(d['$2'])"
 }
 # wait_for SECONDS COMMAND...: polls until COMMAND succeeds.
-wait_for() {
-    local n=$(($1 * 10))
-    shift
-    while [ $n -gt 0 ]; do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-        n=$((n - 1))
-    done
-    return 1
-}
-gone() { ! test -e "/sys/class/ublk-char/ublkc$1"; }
 # sock_raw ID: sends stdin as raw bytes to device ID's control socket, prints the reply.
 sock_raw() {
     python3 -c "import socket,sys
