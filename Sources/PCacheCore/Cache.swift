@@ -26,6 +26,9 @@ public struct CacheConfiguration: Sendable {
     /// Tests only: a new cache starts its key log this many bytes before the
     /// end of segment 0, so key-set chaining across segments comes soon.
     var keyLogStartsBeforeSegmentEnd: Int? = nil
+    /// Tests only: writeback stages data in its bounce area, as it does when
+    /// the pmem mapping refuses direct I/O (device DAX).
+    var writebackStagesData = false
 
     public init() {}
 }
@@ -39,6 +42,7 @@ public final class Cache: @unchecked Sendable {
     public let metadata: CacheMetadata
     public let backing: BackingDevice
     public let dataCRC: Bool
+    let writebackStagesData: Bool
     public let logicalBytes: UInt64
     public let replayOutcome: (keySets: Int, keys: Int, staleKeys: Int)
     /// Keys a crashed server left in its open key-sets, logged at start;
@@ -56,6 +60,8 @@ public final class Cache: @unchecked Sendable {
     private let dataAreaOffsets: UnsafeMutablePointer<Int>
     private var writeback: Writeback!
     private var collector: GarbageCollector!
+    /// Backing writes writeback has issued (tests: merged keys make fewer).
+    var writebackRequests: UInt64 { writeback.writeRequests }
 
     public static let zeroBufferSize = 1 << 20
     let zeroBuffer: UnsafeMutableRawPointer
@@ -74,6 +80,11 @@ public final class Cache: @unchecked Sendable {
     private let workerCondition = PThreadCondition()
     private var workersStopping = false
     private var writebackKicked = false
+    /// Set by `stop(writeBackAll:)`: write back everything now, busy or not.
+    private var writeBackAllRequested = false
+    // Reads + writes as the writeback thread last saw them, and when.
+    private var requestsSeen: UInt64 = 0
+    private var requestsSeenChangedAt: UInt64 = 0
     private var housekeepingKicked = false
     private var threads: [OSThread] = []
 
@@ -106,6 +117,7 @@ public final class Cache: @unchecked Sendable {
         device = try CacheDevice.open(memory: memory, minimumSize: configuration.minimumCacheBytes)
         metadata = try CacheMetadata.open(device: device, dataCRC: configuration.dataCRC, cacheMode: configuration.cacheMode)
         dataCRC = metadata.info.dataCRC
+        writebackStagesData = configuration.writebackStagesData
 
         let segments = metadata.segmentCount
         dataAreaOffsets = .allocate(capacity: Int(segments))
@@ -367,9 +379,47 @@ public final class Cache: @unchecked Sendable {
         return result
     }
 
+    /// Nice value of the writeback and housekeeping threads: they yield the
+    /// CPU to the queue threads, and get it whenever requests wait for them.
+    static let workerNice: Int32 = 5
+
+    /// How long the cache must see no reads or writes before writeback runs
+    /// while the cache still has room.
+    static let writebackIdleNanoseconds: UInt64 = 1_000_000_000
+
+    /// Whether writeback should run now. dm-pcache writes back at once,
+    /// competing with the writes it is absorbing for CPU and for the backing
+    /// device. Here, as with dm-writecache's watermarks or Open CAS's cleaning
+    /// policy, a burst stays in pmem (which is persistent: nothing is at risk)
+    /// while the cache has room, and is written back when the cache has been
+    /// idle (no reads or writes) for a second, when usage reaches gc_percent (GC then needs clean
+    /// segments, so writeback runs as long as usage stays there), or when
+    /// everything is to be written back (`del --flush`). gc_percent 0 gives
+    /// dm-pcache's eager writeback. Writeback thread only.
+    private func writebackIsDue() -> Bool {
+        if workerLock.withLock({ writeBackAllRequested }) { return true }
+        let percent = gcPercent
+        if percent == 0 { return true }
+        if UInt64(pool.usedSegments) >= UInt64(metadata.segmentCount) * UInt64(percent) / 100 { return true }
+        let requests = wakeLock.withLock { queueCounters.reduce(0) { $0 &+ $1[.writes] &+ $1[.reads] } }
+        let now = monotonicNanoseconds()
+        if requests != requestsSeen || requestsSeenChangedAt == 0 {
+            requestsSeen = requests
+            requestsSeenChangedAt = now
+            return false
+        }
+        return now - requestsSeenChangedAt >= Self.writebackIdleNanoseconds
+    }
+
     private func writebackLoop() {
+        _ = pcs_set_thread_nice(Self.workerNice)
         var backoff: UInt64 = 100_000_000
         while !isStopping {
+            guard writebackIsDue() else {
+                // Looks again every 100 ms: idle is measured at that grain.
+                if !pause(100_000_000) { return }
+                continue
+            }
             let result = writebackStep()
             switch result {
             case .progressed:
@@ -389,6 +439,7 @@ public final class Cache: @unchecked Sendable {
     }
 
     private func housekeepingLoop() {
+        _ = pcs_set_thread_nice(Self.workerNice)
         while !isStopping {
             // Key-sets are closed at most about 1 s after their first key.
             if !keySets.closeExpired(olderThan: 1_000_000_000) { kickReclaim() }
@@ -429,6 +480,7 @@ public final class Cache: @unchecked Sendable {
             usleep(100_000)
         }
         if writeBackAll {
+            workerLock.withLock { writeBackAllRequested = true }
             kickWriteback()
             var lastReport: UInt64 = 0
             while metadata.dirtyTail != keyLog.currentHead {

@@ -1,9 +1,10 @@
 import Glibc
 
 /// Writes dirty data back to the backing device (dm-pcache's
-/// `cache_writeback.c`): strictly in log order, one key-set per batch, with a
-/// backing flush before the dirty tail moves past it. The backing device so
-/// only ever holds a prefix of the write history and stays crash-consistent.
+/// `cache_writeback.c`): strictly in log order, a few key-sets per batch,
+/// with a backing flush before the dirty tail moves past them. The backing
+/// device so only ever holds a prefix of the write history and stays
+/// crash-consistent.
 ///
 /// Runs on its own thread with its own io_uring. A failed write or flush
 /// leaves the dirty tail where it is; the same key-set is retried after a
@@ -16,69 +17,116 @@ final class Writeback: @unchecked Sendable {
     // Counters for status; written by the writeback thread only.
     private(set) var keySetsWritten: UInt64 = 0
     private(set) var bytesWritten: UInt64 = 0
+    private(set) var writeRequests: UInt64 = 0
     private(set) var failedAttempts: UInt64 = 0
     private(set) var lastError: Int32 = 0
     /// A key-set that cannot be decoded stops writeback for good (the Hardened
     /// kernel's latch); retrying would loop forever.
     private(set) var fatalError: CacheError?
-    /// Direct writes from the pmem mapping are tried first; some mappings
-    /// (device DAX) refuse them, and then the buffered descriptor is used.
-    private var directFromCache = true
+    /// Where writeback writes come from. Direct I/O straight from the pmem
+    /// mapping is tried first; some mappings (device DAX) refuse it, and then
+    /// the data is staged in an aligned bounce area and still written with
+    /// O_DIRECT: a 4 KiB copy is far cheaper than the page cache, whose dirty
+    /// pages the flush would have to write out.
+    private enum SourceMode { case directFromCache, bounce, buffered }
+    private var sourceMode: SourceMode
+    /// The bounce area (`bounceBytes`, page aligned).
+    private let bounce: UnsafeMutableRawPointer
+    static let bounceBytes = 4 << 20
+    /// Writes in flight at most; `writeLengths[userData]` is each one's length.
+    static let ringEntries = 1024
+    private let writeLengths: UnsafeMutablePointer<Int>
 
     enum StepResult { case clean, progressed, failed }
 
     init(cache: Cache) throws {
         self.cache = cache
-        ring = try IOURing(entries: UInt32(PCacheLayout.ksetMaxKeys * 2))
+        ring = try IOURing(entries: UInt32(Self.ringEntries))
+        writeLengths = .allocate(capacity: Self.ringEntries)
         batch = .allocate(capacity: 1)
-        batch.initialize(to: SubtreeIndex(initialCapacity: PCacheLayout.ksetMaxKeys))
+        batch.initialize(to: SubtreeIndex(initialCapacity: PCacheLayout.ksetMaxKeys * Self.maxKeySetsPerBatch))
+        sourceMode = cache.writebackStagesData ? .bounce
+            : cache.backing.isDirect ? .directFromCache : .buffered
+        bounce = UnsafeMutableRawPointer.allocate(byteCount: Self.bounceBytes, alignment: 4096)
     }
 
     deinit {
         batch.pointee.deallocate()
         batch.deallocate()
+        bounce.deallocate()
+        writeLengths.deallocate()
     }
 
-    /// Writes back the key-set at the dirty tail, if there is one.
+    /// Key-sets gathered into one batch at most: one backing flush then
+    /// covers up to this many key-sets instead of one each (the kernel's
+    /// order, coarser grain; see `step`).
+    static let maxKeySetsPerBatch = 32
+
+    /// Writes back the key-sets from the dirty tail on, up to
+    /// `maxKeySetsPerBatch` of them in one batch, if there are any.
+    ///
+    /// dm-pcache flushes the backing device after every key-set. Here a batch
+    /// of consecutive key-sets (never across a LAST one) shares one flush: a
+    /// later key wins over an earlier one across the whole batch, and the
+    /// dirty tail moves past all of them only after that flush. The backing
+    /// device still only ever holds, at each flush, a prefix of the write
+    /// history — the same guarantee, with fewer flushes and no writes of data
+    /// the same batch overwrites.
     func step() -> StepResult {
         guard fatalError == nil else { return .clean }
-        let tail = cache.metadata.dirtyTail
-        guard tail != cache.keyLog.currentHead else { return .clean }
-        let keySet: KeySetView
-        switch cache.reader.keySet(at: tail) {
-        case .success(let found): keySet = found
-        case .failure: return .clean
-        }
-        if keySet.isLast {
+        let start = cache.metadata.dirtyTail
+        let head = cache.keyLog.currentHead
+        guard start != head else { return .clean }
+
+        batch.pointee.removeAll()
+        var position = start
+        var gathered = 0
+        while gathered < Self.maxKeySetsPerBatch && position != head {
+            guard case .success(let keySet) = cache.reader.keySet(at: position) else {
+                if gathered == 0 { return .clean }
+                break
+            }
+            if keySet.isLast {
+                // A LAST key-set ends the batch; on its own it only moves the
+                // dirty tail to the next key-log segment.
+                guard gathered == 0 else { break }
+                do {
+                    let next = try cache.reader.nextSegment(of: keySet, at: position)
+                    cache.metadata.persistDirtyTail(CachePosition(cacheSegID: next, segOff: 0))
+                    return .progressed
+                } catch {
+                    fatalError = error as? CacheError
+                    return .failed
+                }
+            }
             do {
-                let next = try cache.reader.nextSegment(of: keySet, at: tail)
-                cache.metadata.persistDirtyTail(CachePosition(cacheSegID: next, segOff: 0))
-                return .progressed
+                // Every key is checked before any joins the batch, so a bad
+                // key-set adds nothing.
+                for i in 0..<keySet.keyCount {
+                    let key = keySet.key(at: i)
+                    try cache.reader.validate(key, index: i, at: position)
+                    if cache.dataCRC { try cache.reader.checkDataCRC(key, at: position) }
+                }
             } catch {
+                // Write back the key-sets before it first; the next step
+                // stops on this one for good.
+                if gathered > 0 { break }
                 fatalError = error as? CacheError
                 return .failed
             }
-        }
-
-        // Within one key-set a later key wins over an earlier one.
-        batch.pointee.removeAll()
-        do {
             for i in 0..<keySet.keyCount {
                 let key = keySet.key(at: i)
-                try cache.reader.validate(key, index: i, at: tail)
-                if cache.dataCRC { try cache.reader.checkDataCRC(key, at: tail) }
                 batch.pointee.insert(Extent(
                     start: key.off, length: key.len, flags: key.isClean ? .clean : [],
                     segment: key.cacheSegID, segmentOffset: key.cacheSegOff, generation: key.segGen))
             }
-        } catch {
-            fatalError = error as? CacheError
-            return .failed
+            position = position.advanced(by: keySet.size)
+            gathered += 1
         }
 
         if writeBatch() && flushBacking() {
-            cache.metadata.persistDirtyTail(tail.advanced(by: keySet.size))
-            keySetsWritten += 1
+            cache.metadata.persistDirtyTail(position)
+            keySetsWritten += UInt64(gathered)
             return .progressed
         }
         failedAttempts += 1
@@ -86,46 +134,103 @@ final class Writeback: @unchecked Sendable {
     }
 
     /// Writes every dirty key of the batch; true when all succeeded.
+    ///
+    /// Keys that follow each other on the backing device and are staged in
+    /// the bounce area go out as one write (the batch is sorted by offset), so
+    /// sequential data is written back in large requests.
     private func writeBatch() -> Bool {
         let backing = cache.backing
-        var submitted = 0
+        var writes = Writes()
         for i in 0..<batch.pointee.count {
             let key = batch.pointee[i]
             guard !key.flags.contains(.clean) else { continue }
+            let length = Int(key.length)
             let source = UnsafeRawPointer(cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset))
-            let fd = directFromCache ? backing.descriptor(buffer: source, count: Int(key.length), offset: key.start)
-                : backing.bufferedFD
-            ring.prepareWrite(fd: fd, from: source, count: Int(key.length), offset: key.start, userData: UInt64(i))
-            submitted += 1
+            guard sourceMode == .bounce && length <= Self.bounceBytes else {
+                let fd = sourceMode == .directFromCache
+                    ? backing.descriptor(buffer: source, count: length, offset: key.start) : backing.bufferedFD
+                queue(&writes, from: source, count: length, offset: key.start, fd: fd)
+                continue
+            }
+            if writes.runLength > 0 && writes.runOffset + UInt64(writes.runLength) == key.start
+                && writes.bounceUsed + writes.runLength + length <= Self.bounceBytes {
+                (bounce + writes.bounceUsed + writes.runLength).copyMemory(from: source, byteCount: length)
+                writes.runLength += length
+                continue
+            }
+            endRun(&writes)
+            if writes.bounceUsed + length > Self.bounceBytes {
+                // The bounce area is full: its writes must finish before it is reused.
+                collect(&writes)
+                writes.bounceUsed = 0
+            }
+            (bounce + writes.bounceUsed).copyMemory(from: source, byteCount: length)
+            writes.runOffset = key.start
+            writes.runLength = length
         }
-        guard submitted > 0 else { return true }
+        endRun(&writes)
+        collect(&writes)
+        if writes.refused && writes.ok && sourceMode == .directFromCache {
+            sourceMode = .bounce
+            return writeBatch()
+        }
+        return writes.ok
+    }
+
+    /// One `writeBatch` call's progress.
+    private struct Writes {
         var ok = true
-        var retryBuffered = false
+        /// A direct write from the pmem mapping was refused.
+        var refused = false
+        var inFlight = 0
+        /// Bounce bytes taken by queued writes (runs start page aligned).
+        var bounceUsed = 0
+        /// The run being staged at `bounce + bounceUsed`.
+        var runOffset: UInt64 = 0
+        var runLength = 0
+    }
+
+    /// Queues the staged run, if any, as one write.
+    private func endRun(_ writes: inout Writes) {
+        guard writes.runLength > 0 else { return }
+        let source = UnsafeRawPointer(bounce + writes.bounceUsed)
+        let fd = cache.backing.descriptor(buffer: source, count: writes.runLength, offset: writes.runOffset)
+        queue(&writes, from: source, count: writes.runLength, offset: writes.runOffset, fd: fd)
+        writes.bounceUsed += (writes.runLength + 4095) & ~4095
+        writes.runLength = 0
+    }
+
+    private func queue(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64, fd: Int32) {
+        if writes.inFlight == Self.ringEntries { collect(&writes) }
+        writeLengths[writes.inFlight] = count
+        ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(writes.inFlight))
+        writes.inFlight += 1
+        writeRequests += 1
+    }
+
+    /// Submits what is queued and waits for every write in flight.
+    private func collect(_ writes: inout Writes) {
+        guard writes.inFlight > 0 else { return }
+        defer { writes.inFlight = 0 }
         do {
-            try ring.submitAndWait(UInt32(submitted))
-            var seen = 0
-            while seen < submitted {
+            try ring.submitAndWait(UInt32(writes.inFlight))
+            for _ in 0..<writes.inFlight {
                 let (userData, result) = try ring.waitCompletion()
-                seen += 1
-                let key = batch.pointee[Int(userData)]
-                if result == Int32(key.length) {
-                    bytesWritten += UInt64(key.length)
-                } else if (result == -EINVAL || result == -EFAULT) && directFromCache && backing.isDirect {
-                    retryBuffered = true
+                let expected = writeLengths[Int(userData)]
+                if result == Int32(expected) {
+                    bytesWritten += UInt64(expected)
+                } else if (result == -EINVAL || result == -EFAULT) && sourceMode == .directFromCache
+                            && cache.backing.isDirect {
+                    writes.refused = true
                 } else {
-                    ok = false
+                    writes.ok = false
                     lastError = result < 0 ? result : -EIO
                 }
             }
         } catch {
-            ok = false
+            writes.ok = false
             lastError = -EIO
         }
-        if retryBuffered && ok {
-            directFromCache = false
-            return writeBatch()
-        }
-        return ok
     }
 
     private func flushBacking() -> Bool {

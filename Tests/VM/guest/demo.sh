@@ -58,9 +58,10 @@ must cp -r /usr/share/doc/fio /usr/share/doc/e2fsprogs /mnt/cached/
 show du -sh /mnt/cached
 must umount /mnt/cached
 show pcache status -n 0
-echo "  key_head moved: the writes were logged in pmem; dirty_tail follows as writeback copies them to /dev/vda"
+echo "  key_head moved: the writes were logged in pmem; dirty_tail follows once writeback has copied them to"
+echo "  /dev/vda (it waits while requests keep coming and the cache has room, then runs after a second idle)"
 
-step "Random 4 KiB writes: absorbed by pmem at memory speed, written back behind"
+step "Random 4 KiB writes: absorbed by pmem at memory speed, written back when idle or when the cache fills"
 must fio --name=demo --filename="$dev" --rw=randwrite --bs=4k --offset=1G --size=512M --iodepth=16 \
     --ioengine=io_uring --direct=1 --runtime=8 --time_based --group_reporting --numjobs=1
 show pcache status -n 0

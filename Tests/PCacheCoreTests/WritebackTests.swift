@@ -1,0 +1,103 @@
+import Glibc
+import Testing
+
+@testable import PCacheCore
+
+/// Writeback batches, staging and pacing (Writeback.swift, Cache.writebackIsDue).
+@Suite struct WritebackTests {
+    /// Consecutive key-sets share one batch and one backing flush; across the
+    /// batch a later key wins, so overwritten data is never written back.
+    @Test func oneBatchCoversSeveralKeySetsAndTheLaterKeyWins() throws {
+        let h = try CacheHarness()
+        let old = pattern(1, 4096), new = pattern(2, 4096), other = pattern(3, 8192)
+        #expect(h.write(8192, old) == 4096)
+        #expect(h.flush() == 0)  // closes the first key-set
+        #expect(h.write(8192, new) == 4096)
+        #expect(h.write(65536, other) == 8192)
+        #expect(h.flush() == 0)  // and the second
+        #expect(h.cache.runWriteback())
+        let status = h.cache.status()
+        #expect(status.isClean, "one step writes back both key-sets")
+        #expect(status.writebackKeySets == 2)
+        #expect(h.backingBytes(8192, 4096) == new)
+        #expect(h.backingBytes(65536, 8192) == other)
+        #expect(h.cache.writebackRequests == 2, "the overwritten 4 KiB is not written")
+        #expect(h.cache.runWriteback() == false)
+    }
+
+    /// With the data staged in the bounce area (as on device DAX), keys that
+    /// follow each other on the backing device go out as one write, split
+    /// only where the bounce area is full.
+    @Test func stagedWritebackMergesNeighbouringKeys() throws {
+        let h = try CacheHarness()
+        h.configuration.writebackStagesData = true
+        try h.restart()
+        var expected: [(offset: UInt64, data: [UInt8])] = []
+        // 6 MiB of sequential 4 KiB writes (12 key-sets): 4 MiB + 2 MiB.
+        let run = 6 << 20
+        for i in 0..<(run / 4096) {
+            let offset = UInt64(16 << 20) + UInt64(i * 4096)
+            let data = pattern(UInt64(1000 + i), 4096)
+            #expect(h.write(offset, data) == 4096)
+            expected.append((offset, data))
+        }
+        // Three scattered writes, each its own request.
+        for (k, offset) in [UInt64(40960), 9 << 20, 40 << 20].enumerated() {
+            let data = pattern(UInt64(k), 12288)
+            #expect(h.write(offset, data) == 12288)
+            expected.append((offset, data))
+        }
+        #expect(h.flush() == 0)
+        let requestsBefore = h.cache.writebackRequests
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        for (offset, data) in expected {
+            #expect(h.backingBytes(offset, data.count) == data, "backing data at \(offset)")
+        }
+        #expect(h.cache.writebackRequests - requestsBefore == 5)
+    }
+
+    /// While requests keep coming and the cache has room, writeback waits;
+    /// a second after they stop it writes everything back by itself.
+    @Test func writebackWaitsWhileBusyAndRunsOnceIdle() throws {
+        let h = try CacheHarness()
+        h.configuration.startWorkers = true
+        try h.restart()
+        let start = h.cache.status().dirtyTail
+        // 2 s of activity, a request every 100 ms: never a second idle.
+        for i in 0..<20 {
+            #expect(h.write(UInt64(i) * 4096, pattern(UInt64(i), 4096)) == 4096)
+            #expect(h.flush() == 0)
+            usleep(100_000)
+        }
+        let busy = h.cache.status()
+        #expect(busy.dirtyTail == start, "nothing is written back while busy and below gc_percent")
+        #expect(busy.keyHead != start)
+        var waited = 0
+        while !h.cache.status().isClean && waited < 100 {
+            usleep(100_000)
+            waited += 1
+        }
+        #expect(h.cache.status().isClean, "written back within 10 s of going idle")
+        for i in 0..<20 {
+            #expect(h.backingBytes(UInt64(i) * 4096, 4096) == pattern(UInt64(i), 4096))
+        }
+    }
+
+    /// gc_percent 0 keeps dm-pcache's eager writeback, busy or not.
+    @Test func gcPercentZeroWritesBackAtOnce() throws {
+        let h = try CacheHarness()
+        h.configuration.startWorkers = true
+        try h.restart()
+        try h.cache.setGCPercent(0)
+        let start = h.cache.status().dirtyTail
+        var movedWhileBusy = false
+        for i in 0..<20 {
+            #expect(h.write(UInt64(i) * 4096, pattern(UInt64(i), 4096)) == 4096)
+            #expect(h.flush() == 0)
+            usleep(100_000)
+            if h.cache.status().dirtyTail != start { movedWhileBusy = true }
+        }
+        #expect(movedWhileBusy, "the dirty tail moves while requests keep coming")
+    }
+}
