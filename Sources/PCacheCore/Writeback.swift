@@ -33,21 +33,27 @@ final class Writeback: @unchecked Sendable {
     /// The bounce area (`bounceBytes`, page aligned).
     private let bounce: UnsafeMutableRawPointer
     static let bounceBytes = 4 << 20
-    /// Writes in flight at most; `writeLengths[userData]` is each one's length.
-    static let ringEntries = 1024
+    /// Writes in flight at most. Below the backing device's queue depth, so
+    /// io_uring issues them inline instead of punting them to io-wq workers.
+    static let maxInFlight = 128
+    /// Per in-flight slot (the write's userData): its length.
     private let writeLengths: UnsafeMutablePointer<Int>
+    private let freeSlots: UnsafeMutablePointer<Int>
+    private var freeSlotCount = 0
 
     enum StepResult { case clean, progressed, failed }
 
     init(cache: Cache) throws {
         self.cache = cache
-        ring = try IOURing(entries: UInt32(Self.ringEntries))
-        writeLengths = .allocate(capacity: Self.ringEntries)
+        ring = try IOURing(entries: UInt32(Self.maxInFlight))
+        writeLengths = .allocate(capacity: Self.maxInFlight)
+        freeSlots = .allocate(capacity: Self.maxInFlight)
         batch = .allocate(capacity: 1)
         batch.initialize(to: SubtreeIndex(initialCapacity: PCacheLayout.ksetMaxKeys * Self.maxKeySetsPerBatch))
         sourceMode = cache.writebackStagesData ? .bounce
             : cache.backing.isDirect ? .directFromCache : .buffered
         bounce = UnsafeMutableRawPointer.allocate(byteCount: Self.bounceBytes, alignment: 4096)
+        resetSlots()
     }
 
     deinit {
@@ -55,6 +61,7 @@ final class Writeback: @unchecked Sendable {
         batch.deallocate()
         bounce.deallocate()
         writeLengths.deallocate()
+        freeSlots.deallocate()
     }
 
     /// Key-sets gathered into one batch at most: one backing flush then
@@ -201,22 +208,41 @@ final class Writeback: @unchecked Sendable {
     }
 
     private func queue(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64, fd: Int32) {
-        if writes.inFlight == Self.ringEntries { collect(&writes) }
-        writeLengths[writes.inFlight] = count
-        ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(writes.inFlight))
+        if writes.inFlight == Self.maxInFlight { reap(&writes, all: false) }
+        freeSlotCount -= 1
+        let slot = freeSlots[freeSlotCount]
+        writeLengths[slot] = count
+        ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(slot))
         writes.inFlight += 1
         writeRequests += 1
     }
 
     /// Submits what is queued and waits for every write in flight.
     private func collect(_ writes: inout Writes) {
-        guard writes.inFlight > 0 else { return }
-        defer { writes.inFlight = 0 }
-        do {
-            try ring.submitAndWait(UInt32(writes.inFlight))
-            for _ in 0..<writes.inFlight {
-                let (userData, result) = try ring.waitCompletion()
-                let expected = writeLengths[Int(userData)]
+        reap(&writes, all: true)
+    }
+
+    /// Submits what is queued, waits for at least one completion (or for
+    /// all with `all`), and takes every completion that is ready.
+    private func reap(_ writes: inout Writes, all: Bool) {
+        while writes.inFlight > 0 {
+            do {
+                try ring.submitAndWait(1)
+            } catch {
+                // The ring itself failed: nothing more will complete. Give
+                // every slot back and fail the batch.
+                writes.ok = false
+                lastError = -EIO
+                writes.inFlight = 0
+                resetSlots()
+                return
+            }
+            let reaped = ring.forEachCompletion { userData, result, _ in
+                let slot = Int(userData)
+                let expected = writeLengths[slot]
+                freeSlots[freeSlotCount] = slot
+                freeSlotCount += 1
+                writes.inFlight -= 1
                 if result == Int32(expected) {
                     bytesWritten += UInt64(expected)
                 } else if (result == -EINVAL || result == -EFAULT) && sourceMode == .directFromCache
@@ -227,10 +253,13 @@ final class Writeback: @unchecked Sendable {
                     lastError = result < 0 ? result : -EIO
                 }
             }
-        } catch {
-            writes.ok = false
-            lastError = -EIO
+            if !all && reaped > 0 { return }
         }
+    }
+
+    private func resetSlots() {
+        for slot in 0..<Self.maxInFlight { freeSlots[slot] = slot }
+        freeSlotCount = Self.maxInFlight
     }
 
     private func flushBacking() -> Bool {

@@ -57,6 +57,28 @@ import Testing
         #expect(h.cache.writebackRequests - requestsBefore == 5)
     }
 
+    /// More separate writes than fit in flight at once (Writeback.maxInFlight)
+    /// go back through the sliding window, each one intact.
+    @Test(arguments: [false, true])
+    func manyScatteredKeysPassTheInFlightWindow(staged: Bool) throws {
+        let h = try CacheHarness()
+        h.configuration.writebackStagesData = staged
+        try h.restart()
+        let count = Writeback.maxInFlight * 3 + 7
+        for i in 0..<count {
+            // Every other 4 KiB block: no two keys are neighbours.
+            #expect(h.write(UInt64(i) * 8192, pattern(UInt64(5000 + i), 4096)) == 4096)
+        }
+        #expect(h.flush() == 0)
+        let requestsBefore = h.cache.writebackRequests
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        #expect(h.cache.writebackRequests - requestsBefore == UInt64(count))
+        for i in 0..<count {
+            #expect(h.backingBytes(UInt64(i) * 8192, 4096) == pattern(UInt64(5000 + i), 4096), "block \(i)")
+        }
+    }
+
     /// While requests keep coming and the cache has room, writeback waits;
     /// a second after they stop it writes everything back by itself.
     @Test func writebackWaitsWhileBusyAndRunsOnceIdle() throws {
