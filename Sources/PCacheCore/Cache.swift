@@ -379,10 +379,6 @@ public final class Cache: @unchecked Sendable {
         return result
     }
 
-    /// Nice value of the writeback and housekeeping threads: they yield the
-    /// CPU to the queue threads, and get it whenever requests wait for them.
-    static let workerNice: Int32 = 5
-
     /// How long the cache must see no reads or writes before writeback runs
     /// while the cache still has room.
     static let writebackIdleNanoseconds: UInt64 = 1_000_000_000
@@ -412,7 +408,6 @@ public final class Cache: @unchecked Sendable {
     }
 
     private func writebackLoop() {
-        _ = pcs_set_thread_nice(Self.workerNice)
         var backoff: UInt64 = 100_000_000
         while !isStopping {
             guard writebackIsDue() else {
@@ -439,7 +434,6 @@ public final class Cache: @unchecked Sendable {
     }
 
     private func housekeepingLoop() {
-        _ = pcs_set_thread_nice(Self.workerNice)
         while !isStopping {
             // Key-sets are closed at most about 1 s after their first key.
             if !keySets.closeExpired(olderThan: 1_000_000_000) { kickReclaim() }

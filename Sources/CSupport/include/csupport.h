@@ -29,8 +29,6 @@ void pcs_set_thread_name(const char *name);
 // PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse
 // into writeback of the device it serves. 0 or -errno.
 int pcs_set_io_flusher(void);
-/// Sets the calling thread's nice value (Linux nice is per thread). 0 or -errno.
-int pcs_set_thread_nice(int nice);
 // fallocate(PUNCH_HOLE | KEEP_SIZE): discards a range. 0 or -errno.
 int pcs_punch_hole(int fd, uint64_t offset, uint64_t length);
 // The fallocate mode for that, for io_uring's IORING_OP_FALLOCATE.
