@@ -12,7 +12,7 @@ import Glibc
 final class Writeback: @unchecked Sendable {
     private unowned let cache: Cache
     private let ring: IOURing
-    private let batch: UnsafeMutablePointer<SubtreeIndex>
+    private var batch: WritebackBatch
 
     // Counters for status; written by the writeback thread only.
     private(set) var keySetsWritten: UInt64 = 0
@@ -48,8 +48,7 @@ final class Writeback: @unchecked Sendable {
         ring = try IOURing(entries: UInt32(Self.maxInFlight))
         writeLengths = .allocate(capacity: Self.maxInFlight)
         freeSlots = .allocate(capacity: Self.maxInFlight)
-        batch = .allocate(capacity: 1)
-        batch.initialize(to: SubtreeIndex(initialCapacity: PCacheLayout.ksetMaxKeys * Self.maxKeySetsPerBatch))
+        batch = WritebackBatch(expectedKeys: PCacheLayout.ksetMaxKeys * Self.maxKeySetsPerBatch)
         sourceMode = cache.writebackStagesData ? .bounce
             : cache.backing.isDirect ? .directFromCache : .buffered
         bounce = UnsafeMutableRawPointer.allocate(byteCount: Self.bounceBytes, alignment: 4096)
@@ -57,7 +56,6 @@ final class Writeback: @unchecked Sendable {
     }
 
     deinit {
-        batch.pointee.deallocate()
         batch.deallocate()
         bounce.deallocate()
         writeLengths.deallocate()
@@ -85,7 +83,7 @@ final class Writeback: @unchecked Sendable {
         let head = cache.keyLog.currentHead
         guard start != head else { return .clean }
 
-        batch.pointee.removeAll()
+        batch.removeAll()
         var position = start
         var gathered = 0
         while gathered < Self.maxKeySetsPerBatch && position != head {
@@ -123,7 +121,7 @@ final class Writeback: @unchecked Sendable {
             }
             for i in 0..<keySet.keyCount {
                 let key = keySet.key(at: i)
-                batch.pointee.insert(Extent(
+                batch.insert(Extent(
                     start: key.off, length: key.len, flags: key.isClean ? .clean : [],
                     segment: key.cacheSegID, segmentOffset: key.cacheSegOff, generation: key.segGen))
             }
@@ -148,22 +146,21 @@ final class Writeback: @unchecked Sendable {
     private func writeBatch() -> Bool {
         let backing = cache.backing
         var writes = Writes()
-        for i in 0..<batch.pointee.count {
-            let key = batch.pointee[i]
-            guard !key.flags.contains(.clean) else { continue }
+        batch.forEach { key in
+            guard !key.flags.contains(.clean) else { return }
             let length = Int(key.length)
             let source = UnsafeRawPointer(cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset))
             guard sourceMode == .bounce && length <= Self.bounceBytes else {
                 let fd = sourceMode == .directFromCache
                     ? backing.descriptor(buffer: source, count: length, offset: key.start) : backing.bufferedFD
                 queue(&writes, from: source, count: length, offset: key.start, fd: fd)
-                continue
+                return
             }
             if writes.runLength > 0 && writes.runOffset + UInt64(writes.runLength) == key.start
                 && writes.bounceUsed + writes.runLength + length <= Self.bounceBytes {
                 (bounce + writes.bounceUsed + writes.runLength).copyMemory(from: source, byteCount: length)
                 writes.runLength += length
-                continue
+                return
             }
             endRun(&writes)
             if writes.bounceUsed + length > Self.bounceBytes {

@@ -123,3 +123,37 @@ import Testing
         #expect(movedWhileBusy, "the dirty tail moves while requests keep coming")
     }
 }
+
+/// The batch's own index: per-stripe arrays, walked in offset order.
+@Suite struct WritebackBatchTests {
+    @Test func laterKeysWinAcrossStripesAndKeysComeOutInOrder() {
+        var batch = WritebackBatch(expectedKeys: 8)
+        defer { batch.deallocate() }
+        let stripe = UInt64(PCacheLayout.subtreeSize)
+        // Inserted out of order; the first one crosses a stripe boundary.
+        batch.insert(Extent(start: stripe - 8192, length: 16384, segment: 1, segmentOffset: 0, generation: 1))
+        batch.insert(Extent(start: 5 * stripe, length: 4096, segment: 2, segmentOffset: 0, generation: 1))
+        batch.insert(Extent(start: 4096, length: 4096, segment: 3, segmentOffset: 0, generation: 1))
+        // A later key over the middle of the first: it wins there.
+        batch.insert(Extent(start: stripe - 4096, length: 8192, segment: 4, segmentOffset: 100 * 4096, generation: 1))
+        var seen: [(UInt64, UInt32, UInt32, UInt32)] = []
+        batch.forEach { seen.append(($0.start, $0.length, $0.segment, $0.segmentOffset)) }
+        let expected: [(UInt64, UInt32, UInt32, UInt32)] = [
+            (4096, 4096, 3, 0),
+            (stripe - 8192, 4096, 1, 0),
+            (stripe - 4096, 4096, 4, 100 * 4096),  // the later key, split at the stripe
+            (stripe, 4096, 4, 101 * 4096),
+            (stripe + 4096, 4096, 1, 3 * 4096),  // what is left of the first key
+            (5 * stripe, 4096, 2, 0),
+        ]
+        #expect(seen.count == expected.count)
+        for (a, b) in zip(seen, expected) {
+            #expect(a == b)
+        }
+        batch.removeAll()
+        #expect(batch.isEmpty)
+        var after = 0
+        batch.forEach { _ in after += 1 }
+        #expect(after == 0)
+    }
+}
