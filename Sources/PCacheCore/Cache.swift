@@ -388,10 +388,11 @@ public final class Cache: @unchecked Sendable {
     /// device. Here, as with dm-writecache's watermarks or Open CAS's cleaning
     /// policy, a burst stays in pmem (which is persistent: nothing is at risk)
     /// while the cache has room, and is written back when the cache has been
-    /// idle (no reads or writes) for a second, when usage reaches gc_percent (GC then needs clean
-    /// segments, so writeback runs as long as usage stays there), or when
-    /// everything is to be written back (`del --flush`). gc_percent 0 gives
-    /// dm-pcache's eager writeback. Writeback thread only.
+    /// idle (no reads or writes) for a second, when usage reaches gc_percent
+    /// (GC then needs clean segments, so writeback runs as long as usage
+    /// stays there), or when everything is to be written back (`del
+    /// --flush`). gc_percent 0 gives dm-pcache's eager writeback. Writeback
+    /// thread only.
     private func writebackIsDue() -> Bool {
         if workerLock.withLock({ writeBackAllRequested }) { return true }
         let percent = gcPercent

@@ -7,7 +7,7 @@ import Glibc
 /// crash-consistent.
 ///
 /// Runs on its own thread with its own io_uring. A failed write or flush
-/// leaves the dirty tail where it is; the same key-set is retried after a
+/// leaves the dirty tail where it is; the same key-sets are retried after a
 /// back-off, so writeback resumes by itself when the device heals.
 final class Writeback: @unchecked Sendable {
     private unowned let cache: Cache
