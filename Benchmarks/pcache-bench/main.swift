@@ -114,6 +114,24 @@ final class Worker: @unchecked Sendable {
     }
 }
 
+/// A run that was killed (SIGKILL, Ctrl-C) leaves its 4 GiB of tmpfs behind,
+/// and a few of them fill the machine's memory: remove the folders of runs
+/// whose process is gone.
+func removeLeftoversOfDeadRuns() {
+    guard let dir = opendir("/dev/shm") else { return }
+    defer { closedir(dir) }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+        guard name.hasPrefix("pcache-bench-"), let pid = Int32(name.dropFirst("pcache-bench-".count)),
+              pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+        let path = "/dev/shm/" + name
+        unlink(path + "/cache")
+        unlink(path + "/backing")
+        if rmdir(path) == 0 { print("pcache-bench: removed \(path), left by a run that was killed") }
+    }
+}
+
+removeLeftoversOfDeadRuns()
 mkdir(directory, 0o700)
 defer {
     unlink(directory + "/cache")
