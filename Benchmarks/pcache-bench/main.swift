@@ -131,13 +131,15 @@ func removeLeftoversOfDeadRuns() {
     }
 }
 
-removeLeftoversOfDeadRuns()
-mkdir(directory, 0o700)
-defer {
+func removeOwnFiles() {
     unlink(directory + "/cache")
     unlink(directory + "/backing")
     rmdir(directory)
 }
+
+removeLeftoversOfDeadRuns()
+mkdir(directory, 0o700)
+defer { removeOwnFiles() }
 createFile(directory + "/cache", size: cacheBytes)
 createFile(directory + "/backing", size: backingBytes)
 
@@ -238,6 +240,7 @@ for threads in [1, 2] {
 
 if getenv("PCACHE_BENCH_WRITE_PATH_ONLY") != nil {
     print("(PCACHE_BENCH_WRITE_PATH_ONLY: stopping after the write-path cells)")
+    removeOwnFiles()  // exit() skips the top-level defer
     exit(0)
 }
 
