@@ -96,39 +96,6 @@ drained() {
     [ "${10}" = "${12}" ]
 }
 
-# devhash PATH [MIB]: sha256 of the first MIB MiB (default 64) of a block
-# device (read with O_DIRECT, past the page cache), a device-DAX node
-# (mapped) or a file.
-devhash() {
-    python3 - "$1" "${2:-64}" <<'PY'
-import hashlib, mmap, os, stat, sys
-path, mib = sys.argv[1], int(sys.argv[2])
-size = mib << 20
-st = os.stat(path)
-h = hashlib.sha256()
-if stat.S_ISCHR(st.st_mode):
-    # device DAX: only mmap works (2 MiB aligned)
-    fd = os.open(path, os.O_RDONLY)
-    m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-    h.update(m)
-    m.close()
-    os.close(fd)
-else:
-    flags = os.O_RDONLY | (os.O_DIRECT if stat.S_ISBLK(st.st_mode) else 0)
-    fd = os.open(path, flags)
-    buf = mmap.mmap(-1, 1 << 20)  # page aligned, for O_DIRECT
-    off = 0
-    while off < size:
-        n = os.preadv(fd, [buf], off)
-        if n <= 0:
-            break
-        h.update(buf[:n])
-        off += n
-    os.close(fd)
-print(h.hexdigest())
-PY
-}
-
 # hasher_start: starts a python co-process that hashes devices on request
 # (one python start-up instead of one per hash: TCG makes those slow).
 # snap MIB PATH...: prints "PATH=hash" for the first MIB MiB of each
