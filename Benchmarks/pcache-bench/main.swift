@@ -14,6 +14,11 @@ let seconds = Double(getenv("PCACHE_BENCH_SECONDS").map { String(cString: $0) } 
 let cacheBytes = (Int(getenv("PCACHE_BENCH_CACHE_MIB").map { String(cString: $0) } ?? "") ?? 4088) << 20
 let backingBytes = 8 << 30
 let hotBytes = 64 << 20
+/// Where the write-path cells write: the whole backing file by default; a
+/// small span gives densely keyed stripes (up to 1024 keys per 4 MiB).
+let writeSpanBytes = min((Int(getenv("PCACHE_BENCH_WRITE_SPAN_MIB").map { String(cString: $0) } ?? "") ?? 0) << 20, backingBytes)
+    .nonZero ?? backingBytes
+extension Int { var nonZero: Int? { self == 0 ? nil : self } }
 let blockSize = 4096
 let directory = "/dev/shm/pcache-bench-\(getpid())"
 
@@ -28,22 +33,36 @@ struct Result {
     var latencies: [UInt32] = []
 }
 
-/// Runs `threads` threads for `seconds`, each calling `operation` in a loop;
-/// returns total ops and every latency in ns.
-func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
-    final class Box: @unchecked Sendable { var result = Result() }
+/// Runs `threads` threads for `seconds` (or `limit` operations each), each
+/// calling `operation` in a loop; returns total ops per second and latency
+/// percentiles in µs.
+///
+/// The threads start together: each one allocates and faults in its latency
+/// buffer, then waits at a start line, so thread creation and page faults
+/// are outside the timed window. With short rounds (a few ms when `limit`
+/// stops them) they would otherwise be a large share of it. The window runs
+/// from the start signal to the last thread's end. `round` varies the
+/// random seeds, so successive rounds write new blocks.
+func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
+    final class Box: @unchecked Sendable { var result = Result(); var end: UInt64 = 0 }
     let boxes = (0..<threads).map { _ in Box() }
     let operations = (0..<threads).map { makeOperation($0) }
     let deadline = UInt64(seconds * 1e9)
+    let capacity = min(limit, 4_000_000)
+    // ready: threads at the start line; go: set to 1 by this thread.
+    let flags = UnsafeMutablePointer<UInt32>.allocate(capacity: 2)
+    flags.initialize(repeating: 0, count: 2)
+    defer { flags.deallocate() }
     var workers: [OSThread] = []
-    let start = monotonicNanoseconds()
     for t in 0..<threads {
         let box = boxes[t]
         let operation = operations[t]
         let thread = OSThread(name: "bench-\(t)") {
-            var rng = SeededRandom(seed: UInt64(t + 1) * 7919)
-            var latencies = [UInt32]()
-            latencies.reserveCapacity(4_000_000)
+            var rng = SeededRandom(seed: UInt64(t + 1) * 7919 &+ UInt64(round) &* 1_000_003)
+            var latencies = [UInt32](repeating: 0, count: capacity)
+            latencies.removeAll(keepingCapacity: true)
+            _ = pcs_atomic_add_u32(flags, 1)
+            while pcs_atomic_load_u32(flags + 1) == 0 {}
             let begin = monotonicNanoseconds()
             var now = begin
             while now - begin < deadline && latencies.count < limit {
@@ -52,13 +71,17 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, _ ma
                 latencies.append(UInt32(min(after - now, UInt64(UInt32.max))))
                 now = after
             }
+            box.end = now
             box.result = Result(operations: latencies.count, latencies: latencies)
         }
         try! thread.start()
         workers.append(thread)
     }
+    while pcs_atomic_load_u32(flags) < UInt32(threads) { sched_yield() }
+    let start = monotonicNanoseconds()
+    pcs_atomic_store_u32(flags + 1, 1)
     for w in workers { w.join() }
-    let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+    let elapsed = Double(boxes.map(\.end).max()! - start) / 1e9
     var all = boxes.flatMap { $0.result.latencies }
     all.sort()
     func percentile(_ p: Double) -> Double {
@@ -186,56 +209,102 @@ print(pad("workload", 26) + pad("threads", 9) + pad("IOPS", 12) + pad("IOPS/thre
 //
 // The write path is random 4 KiB writes the cache absorbs: writeback and GC
 // paused (as behind a slow backing device), at most half the cache written,
-// so what is measured is the write path itself — copy, persist, index
-// insert, key-set append. Ceiling and write path run in alternating short
-// rounds and the ratio is taken per round (median), so load from other
-// processes on this machine hits both alike.
+// so what is measured is the write path itself: copy, persist, index
+// insert, key-set append. Every round writes new blocks, so the index grows
+// to the size half a cache of 4 KiB writes gives it (the realistic case, and
+// the one where queues touching each other's index lines shows).
+//
+// Everything runs in alternating short rounds on one cache: per round, the
+// 1-thread ceiling and write cells, then the 2-thread ones. Ratios (to the
+// ceiling, and 2 threads to 1) are taken per round and their median reported,
+// so load from other processes and the index's growth hit both sides alike.
 let rounds = 8
-var ceiling: [Int: Double] = [:]
-var absorbed: [Int: Double] = [:]
-var ratios: [Int: Double] = [:]
-for threads in [1, 2] {
+let threadCounts = [1, 2]
+typealias Cell = (iops: Double, p50: Double, p99: Double, p999: Double)
+var ceilingRounds: [Int: [Cell]] = [:]
+var writeRounds: [Int: [Cell]] = [:]
+var indexLine = ""
+do {
     let (cache, memory) = try freshCache(workers: false)
     let tailStart = PCacheLayout.segmentsOffset + Int(cache.metadata.segmentCount) * PCacheLayout.segmentSize
     let region = (cacheBytes - tailStart) / 2 / blockSize * blockSize
     precondition(region >= 1 << 20, "cache size leaves no tail for the ceiling loop")
     let source = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 4096)
     source.initializeMemory(as: UInt8.self, repeating: 0x5A, count: blockSize)
-    let workers = (0..<threads).map { Worker(cache: cache, id: $0) }
-    let budget = cacheBytes / 2 / blockSize / threads / rounds
-    var ceilingRounds: [(iops: Double, p50: Double, p99: Double, p999: Double)] = []
-    var writeRounds: [(iops: Double, p50: Double, p99: Double, p999: Double)] = []
-    for _ in 0..<rounds {
-        ceilingRounds.append(measure(threads: threads, seconds: seconds / Double(rounds)) { t in
-            var position = 0
-            return { _ in
-                memory.storeAndFlush(at: tailStart + t * region + position, from: source, count: blockSize)
-                memory.drain()
-                position = (position + blockSize) % region
-            }
-        })
-        writeRounds.append(measure(threads: threads, seconds: seconds / Double(rounds), limit: budget) { t in
-            let worker = workers[t]
-            return { rng in worker.write(rng.block(in: backingBytes)) }
-        })
+    let workers = (0..<2).map { Worker(cache: cache, id: $0) }
+    // Writes per cell, shared by its threads.
+    let budget = cacheBytes / 2 / blockSize / rounds / threadCounts.count
+    for round in 0..<rounds {
+        for threads in threadCounts {
+            ceilingRounds[threads, default: []].append(measure(threads: threads, seconds: seconds / Double(rounds)) { t in
+                var position = 0
+                return { _ in
+                    memory.storeAndFlush(at: tailStart + t * region + position, from: source, count: blockSize)
+                    memory.drain()
+                    position = (position + blockSize) % region
+                }
+            })
+            writeRounds[threads, default: []].append(
+                measure(threads: threads, seconds: seconds / Double(rounds), limit: budget / threads,
+                        round: round * threadCounts.count + threads) { t in
+                    let worker = workers[t]
+                    return { rng in worker.write(rng.block(in: writeSpanBytes)) }
+                })
+        }
     }
-    func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-    func medianRow(_ r: [(iops: Double, p50: Double, p99: Double, p999: Double)]) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
-        (median(r.map(\.iops)), median(r.map(\.p50)), median(r.map(\.p99)), median(r.map(\.p999)))
-    }
-    ceiling[threads] = median(ceilingRounds.map(\.iops)) / Double(threads)
-    absorbed[threads] = median(writeRounds.map(\.iops)) / Double(threads)
-    ratios[threads] = median(zip(writeRounds, ceilingRounds).map { $0.iops / $1.iops })
-    row("ceiling copy+flush", threads, medianRow(ceilingRounds), "1.00")
-    row("randwrite (absorbed)", threads, medianRow(writeRounds), fmt(ratios[threads]!, 2))
-    if threads == 2 {
-        let status = cache.status()
-        print("  index after this cell: \(status.indexKeys) extents in \(status.indexBytes) bytes = "
-              + "\(fmt(Double(status.indexBytes) / Double(max(status.indexKeys, 1)), 1)) bytes per cached extent")
-    }
+    let status = cache.status()
     for w in workers { w.queue.stop() }
     try cache.stop()
     source.deallocate()
+    indexLine = ("  index after these cells: \(status.indexKeys) extents in \(status.indexBytes) bytes = "
+          + "\(fmt(Double(status.indexBytes) / Double(max(status.indexKeys, 1)), 1)) bytes per cached extent")
+}
+func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+func medianCell(_ r: [Cell]) -> Cell {
+    (median(r.map(\.iops)), median(r.map(\.p50)), median(r.map(\.p99)), median(r.map(\.p999)))
+}
+var ratios: [Int: Double] = [:]
+for threads in threadCounts {
+    ratios[threads] = median(zip(writeRounds[threads]!, ceilingRounds[threads]!).map { $0.iops / $1.iops })
+    row("ceiling copy+flush", threads, medianCell(ceilingRounds[threads]!), "1.00")
+    row("randwrite (absorbed)", threads, medianCell(writeRounds[threads]!), fmt(ratios[threads]!, 2))
+}
+print(indexLine)
+if getenv("PCACHE_BENCH_VERBOSE") != nil {
+    for round in 0..<rounds {
+        let cells = threadCounts.map { t in
+            "\(t)T ceiling \(fmt(ceilingRounds[t]![round].iops, 0)) write \(fmt(writeRounds[t]![round].iops, 0))"
+        }
+        print("  round \(round): " + cells.joined(separator: ", "))
+    }
+}
+let writeScaling = median(zip(writeRounds[2]!, writeRounds[1]!).map { $0.iops / $1.iops })
+let ceilingScaling = median(zip(ceilingRounds[2]!, ceilingRounds[1]!).map { $0.iops / $1.iops })
+print("randwrite (absorbed) per thread vs bare copy+flush ceiling, median of \(rounds) alternating rounds: "
+      + "1 thread \(fmt(ratios[1]!, 2)), 2 threads \(fmt(ratios[2]!, 2))   (target >= 0.50)")
+print("randwrite (absorbed) scaling, 2 threads / 1 thread, median of per-round ratios: \(fmt(writeScaling, 2))   "
+      + "(target >= 1.60); the bare ceiling itself scales \(fmt(ceilingScaling, 2))")
+
+// The index alone: one stripe filled from empty to all 1024 of its 4 KiB
+// blocks in random order (a hot region written in small random pieces), the
+// case where the cost of an insert grows with the keys already there.
+do {
+    var rng = SeededRandom(seed: 99)
+    var order = Array(0..<1024)
+    var index = SubtreeIndex()
+    defer { index.deallocate() }
+    var inserts = 0
+    let start = monotonicNanoseconds()
+    while monotonicNanoseconds() - start < 300_000_000 {
+        order.shuffle(using: &rng)
+        index.removeAll()
+        for block in order {
+            index.insert(Extent(start: UInt64(block) * 4096, length: 4096, segment: 1, segmentOffset: UInt32(block) * 4096))
+        }
+        inserts += order.count
+    }
+    let nanoseconds = Double(monotonicNanoseconds() - start) / Double(inserts)
+    print("index: random 4 KiB inserts filling one stripe to 1024 keys: \(fmt(nanoseconds, 1)) ns per insert")
 }
 
 if getenv("PCACHE_BENCH_WRITE_PATH_ONLY") != nil {
@@ -267,10 +336,6 @@ for (name, body) in workloads {
 }
 print(String(repeating: "-", count: 100))
 let status = cache.status()
-print("randwrite (absorbed) per thread vs bare copy+flush ceiling, median of \(rounds) alternating rounds: "
-      + "1 thread \(fmt(ratios[1]!, 2)), 2 threads \(fmt(ratios[2]!, 2))   (target >= 0.50)")
-print("randwrite (absorbed) scaling, 2 threads / 1 thread: \(fmt(absorbed[2]! * 2 / absorbed[1]!, 2))   (target >= 1.60); "
-      + "the bare ceiling itself scales \(fmt(ceiling[2]! * 2 / ceiling[1]!, 2))")
 print("sustained randwrite is bounded by writeback to the backing file, which shares the 2 CPUs")
 print("cache status: \(status.infoLine); written back \(status.writebackBytes >> 20) MiB, GC freed \(status.gcSegmentsFreed) segments")
 for w in workers { w.queue.stop() }
