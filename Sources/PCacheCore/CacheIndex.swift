@@ -7,7 +7,7 @@ final class CacheIndex: @unchecked Sendable {
         var keys: SubtreeIndex
         var keySetAffinity = KeySetAffinity()
         /// To 64 bytes: neighbouring stripes on separate cache lines.
-        var padding: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        var padding: UInt64 = 0
     }
 
     let count: Int

@@ -286,20 +286,19 @@ public final class CacheQueue {
             let chunkEnd = min(requestEnd, UInt64(subtree + 1) << UInt64(PCacheLayout.subtreeShift))
             var crcFailed = false
             cache.index.withShard(subtree) { keys in
-                var i = keys.firstIndex(endingAfter: position)
+                var cursor = keys.first(endingAfter: position)
                 while position < chunkEnd && used < Self.readSlotsPerTag {
-                    if i >= keys.count || keys[i].start >= chunkEnd {
-                        startMiss(&keys, at: i, start: position, end: chunkEnd, slot: base + used, requestStart)
+                    guard let key = keys.key(at: cursor), key.start < chunkEnd else {
+                        startMiss(&keys, start: position, end: chunkEnd, slot: base + used, requestStart)
                         used += 1
                         position = chunkEnd
                         break
                     }
-                    let key = keys[i]
                     if key.start > position {
-                        startMiss(&keys, at: i, start: position, end: key.start, slot: base + used, requestStart)
+                        startMiss(&keys, start: position, end: key.start, slot: base + used, requestStart)
                         used += 1
-                        i += 1  // the placeholder now sits at i
                         position = key.start
+                        cursor = keys.first(endingAfter: position)  // the placeholder's insert may move keys
                         continue
                     }
                     let pieceEnd = min(key.end, chunkEnd)
@@ -312,7 +311,7 @@ public final class CacheQueue {
                         case .copied:
                             counters.add(.hitBytes, pieceEnd - position)
                         case .stale:
-                            keys.remove(at: i)
+                            cursor = keys.remove(at: cursor)
                             continue  // re-examine the same position as a miss
                         case .crcMismatch:
                             crcFailed = true
@@ -320,7 +319,7 @@ public final class CacheQueue {
                         }
                     }
                     position = pieceEnd
-                    i += 1
+                    cursor = keys.next(after: cursor)
                 }
             }
             if crcFailed {
@@ -363,7 +362,7 @@ public final class CacheQueue {
     }
 
     private func startMiss(
-        _ keys: inout SubtreeIndex, at index: Int, start: UInt64, end: UInt64,
+        _ keys: inout SubtreeIndex, start: UInt64, end: UInt64,
         slot: UnsafeMutablePointer<ReadSlot>, _ requestStart: UInt64
     ) {
         // Unique among this queue's misses in flight; the queue id keeps
@@ -396,11 +395,11 @@ public final class CacheQueue {
     private func fillCache(from slot: ReadSlot, request: Request) {
         let subtree = CacheIndex.subtree(of: slot.start)
         cache.index.withShard(subtree) { keys, affinity in
-            guard let i = keys.placeholderIndex(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length))
+            guard let at = keys.placeholder(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)),
+                  let placeholder = keys.key(at: at)
             else { return }
-            let placeholder = keys[i]
             guard let space = head.allocate(placeholder.length, pool: cache.pool, invalidate: cache.invalidate) else {
-                keys.remove(at: i)
+                keys.remove(at: at)
                 return
             }
             let source = UnsafeRawPointer(request.buffer! + Int(placeholder.start - request.offset))
@@ -413,11 +412,13 @@ public final class CacheQueue {
                 crcSpanOffset: space.offset, crcSpanLength: space.length)
             let keySet = cache.keySets.route(affinity, own: id)
             let outcome = cache.keySets.append(key, to: keySet, forceClose: false, affinity: &affinity) {
-                keys.remove(at: i)
+                // Replaces the placeholder; a part the key does not cover
+                // (the head's segment ran out) goes too, as a placeholder
+                // overlapped at its front always does.
                 keys.insert(key)
             }
             if case .full = outcome {
-                keys.remove(at: i)
+                keys.remove(at: at)
                 if cache.pool.dropReference(space.segment) { cache.invalidate(space.segment) }
             }
         }
@@ -426,8 +427,8 @@ public final class CacheQueue {
     private func dropPlaceholder(_ slot: ReadSlot) {
         let subtree = CacheIndex.subtree(of: slot.start)
         cache.index.withShard(subtree) { keys in
-            if let i = keys.placeholderIndex(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)) {
-                keys.remove(at: i)
+            if let at = keys.placeholder(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)) {
+                keys.remove(at: at)
             }
         }
     }

@@ -1,80 +1,128 @@
 /// The keys of one 4 MiB stripe of the backing device, sorted by offset and
 /// never overlapping (dm-pcache's per-subtree red-black tree).
 ///
-/// A subtree holds at most 8192 keys (4 MiB in 512-byte sectors), so a flat
-/// sorted array with binary search and `memmove` for inserts is both simpler
-/// and faster than a pointer tree here: one contiguous allocation, no per-node
-/// reference counting, and allocation only when the array grows.
+/// Two levels: a directory of leaves, each leaf a small sorted array of at
+/// most `leafCapacity` keys, and the directory sorted by each leaf's last key.
+/// A lookup is two binary searches; an insert moves at most one leaf's keys.
+/// One flat sorted array was simpler, but an insert moved half the stripe's
+/// keys (kilobytes with a few hundred keys, up to 200 KiB at the 8192-key
+/// limit), and with two queue threads those cache lines were usually the other
+/// core's: two threads together wrote fewer keys than one alone. Leaves are
+/// never freed while the subtree lives (emptied ones are kept as spares past
+/// the used part of the directory), so steady state allocates nothing, and
+/// nothing is reference counted.
+///
+/// Positions are `Cursor`s. Any edit may move keys between leaves, so a
+/// cursor is valid only until the next edit, except the one `remove(at:)`
+/// returns.
 ///
 /// Not synchronised: the owner holds the subtree's lock around every call.
 public struct SubtreeIndex {
-    private(set) var keys: UnsafeMutablePointer<Extent>
-    public private(set) var count: Int = 0
-    public private(set) var capacity: Int
+    /// Keys per leaf: 32 × 48 bytes, so an insert moves at most 1.5 KiB.
+    static let leafCapacity = 32
 
-    /// With capacity 0 nothing is allocated until the first insert, so an
-    /// index over a large backing device costs little until it is used.
-    public init(initialCapacity: Int = 0) {
-        capacity = max(initialCapacity, 0)
-        keys = .allocate(capacity: max(capacity, 1))
+    struct Leaf {
+        var keys: UnsafeMutablePointer<Extent>
+        var count: Int
+        /// End of the leaf's last key: what the directory is searched by.
+        var lastEnd: UInt64
+    }
+
+    /// A key's position: leaf and slot in it. `leaf == leafCount` is the end.
+    public struct Cursor: Equatable {
+        var leaf: Int
+        var slot: Int
+    }
+
+    /// Leaves in use are `directory[0..<leafCount]`, none empty; emptied
+    /// spares follow up to `allocatedLeaves`.
+    private var directory: UnsafeMutablePointer<Leaf>
+    private var leafCount = 0
+    private var allocatedLeaves = 0
+    private var directoryCapacity = 0
+    public private(set) var count = 0
+
+    /// Nothing is allocated for leaves until the first insert, so an index
+    /// over a large backing device costs little until it is used.
+    public init() {
+        directory = .allocate(capacity: 1)
     }
 
     public func deallocate() {
-        keys.deallocate()
+        for i in 0..<allocatedLeaves { directory[i].keys.deallocate() }
+        directory.deallocate()
     }
 
-    @inline(__always)
-    public subscript(index: Int) -> Extent {
-        get { keys[index] }
-        nonmutating set { keys[index] = newValue }
-    }
+    public var isEmpty: Bool { count == 0 }
 
     /// Bytes of memory this subtree holds.
-    public var memoryBytes: Int { capacity * MemoryLayout<Extent>.stride }
+    public var memoryBytes: Int {
+        allocatedLeaves * Self.leafCapacity * MemoryLayout<Extent>.stride + directoryCapacity * MemoryLayout<Leaf>.stride
+    }
 
-    /// Index of the first key whose end lies after `offset`, i.e. the first
-    /// key that could overlap a range starting at `offset`.
+    // MARK: Reading
+
+    /// The first key whose end lies after `offset`, i.e. the first key that
+    /// could overlap a range starting at `offset`; `endCursor` if none.
     @inline(__always)
-    public func firstIndex(endingAfter offset: UInt64) -> Int {
-        var low = 0, high = count
+    public func first(endingAfter offset: UInt64) -> Cursor {
+        var low = 0, high = leafCount
         while low < high {
             let mid = (low + high) >> 1
-            if keys[mid].end <= offset { low = mid + 1 } else { high = mid }
+            if directory[mid].lastEnd <= offset { low = mid + 1 } else { high = mid }
         }
-        return low
+        guard low < leafCount else { return endCursor }
+        let keys = directory[low].keys
+        var slotLow = 0, slotHigh = directory[low].count
+        while slotLow < slotHigh {
+            let mid = (slotLow + slotHigh) >> 1
+            if keys[mid].end <= offset { slotLow = mid + 1 } else { slotHigh = mid }
+        }
+        return Cursor(leaf: low, slot: slotLow)
+    }
+
+    public var endCursor: Cursor { Cursor(leaf: leafCount, slot: 0) }
+
+    /// The key at `cursor`, nil at the end.
+    @inline(__always)
+    public func key(at cursor: Cursor) -> Extent? {
+        cursor.leaf < leafCount ? directory[cursor.leaf].keys[cursor.slot] : nil
+    }
+
+    @inline(__always)
+    public func next(after cursor: Cursor) -> Cursor {
+        cursor.slot + 1 < directory[cursor.leaf].count
+            ? Cursor(leaf: cursor.leaf, slot: cursor.slot + 1) : Cursor(leaf: cursor.leaf + 1, slot: 0)
+    }
+
+    /// Calls `body` for every key in offset order.
+    public func forEach(_ body: (Extent) throws -> Void) rethrows {
+        for l in 0..<leafCount {
+            let leaf = directory[l]
+            for s in 0..<leaf.count { try body(leaf.keys[s]) }
+        }
+    }
+
+    /// Every key in offset order (allocates: for inspection and tests).
+    public var allKeys: [Extent] {
+        var all: [Extent] = []
+        all.reserveCapacity(count)
+        forEach { all.append($0) }
+        return all
+    }
+
+    /// Finds the placeholder with `token` inside [start, end), if a write has
+    /// not removed it.
+    public func placeholder(token: UInt32, start: UInt64, end: UInt64) -> Cursor? {
+        var cursor = first(endingAfter: start)
+        while let key = key(at: cursor), key.start < end {
+            if key.isPlaceholder && key.placeholderToken == token { return cursor }
+            cursor = next(after: cursor)
+        }
+        return nil
     }
 
     // MARK: Editing
-
-    private mutating func reserve(_ needed: Int) {
-        guard needed > capacity else { return }
-        var newCapacity = max(capacity * 2, 8)
-        while newCapacity < needed { newCapacity *= 2 }
-        let grown = UnsafeMutablePointer<Extent>.allocate(capacity: newCapacity)
-        grown.moveInitialize(from: keys, count: count)
-        keys.deallocate()
-        keys = grown
-        capacity = newCapacity
-    }
-
-    /// Replaces keys[range] with `replacement` (0, 1 or 2 keys), shifting the rest.
-    private mutating func replace(_ range: Range<Int>, with first: Extent?, _ second: Extent? = nil) {
-        let inserted = (first == nil ? 0 : 1) + (second == nil ? 0 : 1)
-        let delta = inserted - range.count
-        if delta > 0 { reserve(count + delta) }
-        let tail = count - range.upperBound
-        if delta != 0 && tail > 0 {
-            (keys + range.upperBound + delta).moveInitialize(from: keys + range.upperBound, count: tail)
-        }
-        if let first { (keys + range.lowerBound).initialize(to: first) }
-        if let second { (keys + range.lowerBound + 1).initialize(to: second) }
-        count += delta
-    }
-
-    /// Removes the key at `index`.
-    public mutating func remove(at index: Int) {
-        replace(index..<(index + 1), with: nil)
-    }
 
     /// Inserts `key` and resolves every overlap so the newest data wins:
     /// covered keys are removed, partly covered keys are cut, and a key that
@@ -82,101 +130,280 @@ public struct SubtreeIndex {
     /// misses in flight) are only ever shortened, never split: the part after
     /// the new key is given up, as dm-pcache does.
     public mutating func insert(_ key: Extent) {
-        var i = firstIndex(endingAfter: key.start)
-        if i < count && keys[i].start < key.start {
-            let existing = keys[i]
-            if existing.end > key.end {
-                // The new key lies strictly inside an existing one.
-                var head = existing
-                head.cutBack(UInt32(existing.end - key.start))
-                if existing.isPlaceholder {
-                    keys[i] = head
-                    replace((i + 1)..<(i + 1), with: key)
-                } else {
-                    var tail = existing
-                    tail.cutFront(UInt32(key.end - existing.start))
-                    keys[i] = head
-                    replace((i + 1)..<(i + 1), with: key, tail)
-                }
-                return
-            }
-            // Head overlap: keep the part before the new key.
-            keys[i].cutBack(UInt32(existing.end - key.start))
-            i += 1
+        let cursor = first(endingAfter: key.start)
+        if let next = self.key(at: cursor), next.start < key.end {
+            removeRange(start: key.start, end: key.end)
+            place(key, at: first(endingAfter: key.start))
+        } else {
+            place(key, at: cursor)  // overlaps nothing: the common case of a write to uncached blocks
         }
-        // Every key from i on starts at or after key.start.
-        var j = i
-        while j < count && keys[j].end <= key.end { j += 1 }
-        if j < count && keys[j].start < key.end {
-            // Tail overlap: a placeholder is dropped, a real key cut at the front.
-            if keys[j].isPlaceholder {
-                j += 1
-            } else {
-                keys[j].cutFront(UInt32(key.end - keys[j].start))
-            }
-        }
-        replace(i..<j, with: key)
     }
 
-    /// Removes every key overlapping [start, end) and cuts those that stick out.
-    /// Used by discard. Returns the number of bytes of keys removed.
+    /// Removes every key overlapping [start, end) and cuts those that stick
+    /// out; a placeholder sticking out past `end` is removed (see `insert`).
     public mutating func removeRange(start: UInt64, end: UInt64) {
         guard start < end else { return }
-        var i = firstIndex(endingAfter: start)
-        if i < count && keys[i].start < start {
-            let existing = keys[i]
+        var cursor = first(endingAfter: start)
+        guard let existing = key(at: cursor) else { return }
+        if existing.start < start {
             if existing.end > end {
-                var head = existing
-                head.cutBack(UInt32(existing.end - start))
-                keys[i] = head
+                // [start, end) lies strictly inside one key: keep its head,
+                // and its tail unless it is a placeholder.
+                modify(cursor) { $0.cutBack(UInt32(existing.end - start)) }
                 if !existing.isPlaceholder {
                     var tail = existing
                     tail.cutFront(UInt32(end - existing.start))
-                    replace((i + 1)..<(i + 1), with: tail)
+                    place(tail, at: next(after: cursor))
                 }
                 return
             }
-            keys[i].cutBack(UInt32(existing.end - start))
-            i += 1
+            // Head overlap: keep the part before `start`.
+            modify(cursor) { $0.cutBack(UInt32(existing.end - start)) }
+            cursor = next(after: cursor)
         }
-        var j = i
-        while j < count && keys[j].end <= end { j += 1 }
-        if j < count && keys[j].start < end {
-            if keys[j].isPlaceholder { j += 1 } else { keys[j].cutFront(UInt32(end - keys[j].start)) }
+        // Every key from the cursor on starts at or after `start`. Remove
+        // the covered ones, a leaf's run at a time.
+        while cursor.leaf < leafCount {
+            let leaf = directory[cursor.leaf]
+            var last = cursor.slot
+            while last < leaf.count && leaf.keys[last].end <= end { last += 1 }
+            let stoppedInside = last < leaf.count
+            if last > cursor.slot && removeSlots(leaf: cursor.leaf, cursor.slot..<last) {
+                cursor.slot = 0  // the leaf went: the cursor is now on the next one
+                continue
+            }
+            if stoppedInside { break }
+            cursor = Cursor(leaf: cursor.leaf + 1, slot: 0)
         }
-        replace(i..<j, with: nil)
+        if let tail = key(at: cursor), tail.start < end {
+            // Tail overlap: a placeholder is dropped, a real key cut at the front.
+            if tail.isPlaceholder {
+                cursor = remove(at: cursor)
+            } else {
+                modify(cursor) { $0.cutFront(UInt32(end - tail.start)) }
+            }
+        }
+        if cursor.leaf > 0 { mergeIfSparse(cursor.leaf - 1) }
     }
 
-    /// Finds the placeholder with `token` inside [start, end), if a write has
-    /// not removed it.
-    public func placeholderIndex(token: UInt32, start: UInt64, end: UInt64) -> Int? {
-        var i = firstIndex(endingAfter: start)
-        while i < count && keys[i].start < end {
-            if keys[i].isPlaceholder && keys[i].placeholderToken == token { return i }
-            i += 1
+    /// Removes the key at `cursor`; returns the position of the key that
+    /// followed it.
+    @discardableResult
+    public mutating func remove(at cursor: Cursor) -> Cursor {
+        var position = cursor
+        if removeSlots(leaf: cursor.leaf, cursor.slot..<(cursor.slot + 1)) {
+            position.slot = 0
+        } else if position.leaf + 1 < leafCount
+            && directory[position.leaf].count + directory[position.leaf + 1].count <= Self.leafCapacity / 2 {
+            mergeIfSparse(position.leaf)  // the next leaf's keys follow on in this one
+        } else if position.leaf > 0
+            && directory[position.leaf - 1].count + directory[position.leaf].count <= Self.leafCapacity / 2 {
+            let before = directory[position.leaf - 1].count
+            mergeIfSparse(position.leaf - 1)
+            position = Cursor(leaf: position.leaf - 1, slot: before + position.slot)
         }
-        return nil
+        if position.leaf < leafCount && position.slot >= directory[position.leaf].count {
+            position = Cursor(leaf: position.leaf + 1, slot: 0)
+        }
+        return position
     }
 
     /// Removes up to `limit` keys for which `isStale` holds; returns how many.
     public mutating func removeStale(limit: Int, _ isStale: (Extent) -> Bool) -> Int {
         var removed = 0
-        var write = 0
-        var read = 0
-        while read < count {
-            let key = keys[read]
-            if removed < limit && !key.isPlaceholder && isStale(key) {
-                removed += 1
-            } else {
-                if write != read { keys[write] = key }
-                write += 1
+        var l = 0
+        while l < leafCount && removed < limit {
+            let keys = directory[l].keys
+            var kept = 0
+            for s in 0..<directory[l].count {
+                let key = keys[s]
+                if removed < limit && !key.isPlaceholder && isStale(key) {
+                    removed += 1
+                } else {
+                    if kept != s { keys[kept] = key }
+                    kept += 1
+                }
             }
-            read += 1
+            count -= directory[l].count - kept
+            directory[l].count = kept
+            if kept == 0 {
+                removeLeaf(l)
+                continue
+            }
+            directory[l].lastEnd = keys[kept - 1].end
+            let leavesBefore = leafCount
+            if l > 0 { mergeIfSparse(l - 1) }
+            if leafCount == leavesBefore { l += 1 }  // else leaf l went into l - 1, and l is the next one
         }
-        count = write
         return removed
     }
 
-    /// Removes every key.
-    public mutating func removeAll() { count = 0 }
+    /// Removes every key; the leaves stay allocated as spares.
+    public mutating func removeAll() {
+        for l in 0..<leafCount { directory[l].count = 0 }
+        leafCount = 0
+        count = 0
+    }
+
+    /// Describes the first broken structural rule, nil if none (for tests):
+    /// no empty or overfull leaf, `lastEnd` current, keys sorted without
+    /// overlap across leaves, `count` their sum.
+    func structuralProblem() -> String? {
+        var total = 0
+        var previousEnd: UInt64 = 0
+        for l in 0..<leafCount {
+            let leaf = directory[l]
+            if leaf.count == 0 || leaf.count > Self.leafCapacity { return "leaf \(l) holds \(leaf.count) keys" }
+            for s in 0..<leaf.count {
+                let key = leaf.keys[s]
+                if key.length == 0 { return "zero-length key in leaf \(l)" }
+                if key.start < previousEnd { return "leaf \(l) slot \(s) overlaps or is out of order" }
+                previousEnd = key.end
+            }
+            if leaf.lastEnd != previousEnd { return "leaf \(l) lastEnd \(leaf.lastEnd), last key ends at \(previousEnd)" }
+            total += leaf.count
+        }
+        return total == count ? nil : "count \(count), keys held \(total)"
+    }
+
+    /// Leaves in use (for tests and memory figures).
+    var leavesInUse: Int { leafCount }
+
+    // MARK: Leaves
+
+    /// Puts `key` at `cursor`, which is `first(endingAfter: key.start)`;
+    /// nothing in the index overlaps the key.
+    private mutating func place(_ key: Extent, at cursor: Cursor) {
+        count += 1
+        if leafCount == 0 {
+            insertLeaf(at: 0)
+            append(key, toLeaf: 0)
+            return
+        }
+        var l = cursor.leaf, slot = cursor.slot
+        if l == leafCount {
+            // After every key: onto the last leaf, or a new one when it is
+            // full (so sequential writes fill leaves completely).
+            if directory[l - 1].count == Self.leafCapacity { insertLeaf(at: l) } else { l -= 1 }
+            append(key, toLeaf: l)
+            return
+        }
+        if slot == 0 && l > 0 && directory[l - 1].count < Self.leafCapacity {
+            // Between two leaves: the end of the previous one has room.
+            append(key, toLeaf: l - 1)
+            return
+        }
+        if directory[l].count == Self.leafCapacity {
+            if slot == 0 {
+                insertLeaf(at: l)
+                append(key, toLeaf: l)
+                return
+            }
+            let half = Self.leafCapacity / 2
+            split(l, at: half)
+            if slot > half {
+                l += 1
+                slot -= half
+            }
+        }
+        let leaf = directory + l
+        if slot < leaf.pointee.count {
+            (leaf.pointee.keys + slot + 1).moveInitialize(from: leaf.pointee.keys + slot, count: leaf.pointee.count - slot)
+        }
+        (leaf.pointee.keys + slot).initialize(to: key)
+        leaf.pointee.count += 1
+        if slot == leaf.pointee.count - 1 { leaf.pointee.lastEnd = key.end }
+    }
+
+    @inline(__always)
+    private mutating func append(_ key: Extent, toLeaf l: Int) {
+        let leaf = directory + l
+        (leaf.pointee.keys + leaf.pointee.count).initialize(to: key)
+        leaf.pointee.count += 1
+        leaf.pointee.lastEnd = key.end
+    }
+
+    /// Edits the key at `cursor` in place (its order must not change).
+    @inline(__always)
+    private mutating func modify(_ cursor: Cursor, _ edit: (inout Extent) -> Void) {
+        let leaf = directory + cursor.leaf
+        edit(&leaf.pointee.keys[cursor.slot])
+        if cursor.slot == leaf.pointee.count - 1 { leaf.pointee.lastEnd = leaf.pointee.keys[cursor.slot].end }
+    }
+
+    /// Removes `slots` of leaf `l`; true if that emptied the leaf, which is
+    /// then gone from the directory.
+    private mutating func removeSlots(leaf l: Int, _ slots: Range<Int>) -> Bool {
+        let leaf = directory + l
+        let tail = leaf.pointee.count - slots.upperBound
+        if tail > 0 {
+            (leaf.pointee.keys + slots.lowerBound).moveInitialize(from: leaf.pointee.keys + slots.upperBound, count: tail)
+        }
+        leaf.pointee.count -= slots.count
+        count -= slots.count
+        if leaf.pointee.count == 0 {
+            removeLeaf(l)
+            return true
+        }
+        leaf.pointee.lastEnd = leaf.pointee.keys[leaf.pointee.count - 1].end
+        return false
+    }
+
+    /// Moves leaf `l + 1`'s keys onto the end of leaf `l` when together they
+    /// fill at most half a leaf, so removals cannot leave many near-empty
+    /// leaves behind (every two neighbours hold more than half a leaf).
+    private mutating func mergeIfSparse(_ l: Int) {
+        guard l + 1 < leafCount else { return }
+        let into = directory + l, from = directory + l + 1
+        guard into.pointee.count + from.pointee.count <= Self.leafCapacity / 2 else { return }
+        (into.pointee.keys + into.pointee.count).moveInitialize(from: from.pointee.keys, count: from.pointee.count)
+        into.pointee.count += from.pointee.count
+        into.pointee.lastEnd = from.pointee.lastEnd
+        from.pointee.count = 0
+        removeLeaf(l + 1)
+    }
+
+    /// Moves keys `at...` of full leaf `l` into a new leaf after it.
+    private mutating func split(_ l: Int, at: Int) {
+        insertLeaf(at: l + 1)
+        let from = directory + l, into = directory + l + 1
+        into.pointee.keys.moveInitialize(from: from.pointee.keys + at, count: from.pointee.count - at)
+        into.pointee.count = from.pointee.count - at
+        into.pointee.lastEnd = from.pointee.lastEnd
+        from.pointee.count = at
+        from.pointee.lastEnd = from.pointee.keys[at - 1].end
+    }
+
+    /// Opens an empty leaf at directory position `l`, reusing a spare.
+    private mutating func insertLeaf(at l: Int) {
+        if leafCount == allocatedLeaves {
+            if allocatedLeaves == directoryCapacity {
+                let newCapacity = max(directoryCapacity * 2, 4)
+                let grown = UnsafeMutablePointer<Leaf>.allocate(capacity: newCapacity)
+                grown.moveInitialize(from: directory, count: allocatedLeaves)
+                directory.deallocate()
+                directory = grown
+                directoryCapacity = newCapacity
+            }
+            (directory + allocatedLeaves).initialize(
+                to: Leaf(keys: .allocate(capacity: Self.leafCapacity), count: 0, lastEnd: 0))
+            allocatedLeaves += 1
+        }
+        let spare = directory[leafCount]
+        if l < leafCount {
+            (directory + l + 1).moveInitialize(from: directory + l, count: leafCount - l)
+        }
+        (directory + l).initialize(to: spare)
+        leafCount += 1
+    }
+
+    /// Takes empty leaf `l` out of the directory and keeps it as a spare.
+    private mutating func removeLeaf(_ l: Int) {
+        let spare = directory[l]
+        if l + 1 < leafCount {
+            (directory + l).moveInitialize(from: directory + l + 1, count: leafCount - l - 1)
+        }
+        leafCount -= 1
+        (directory + leafCount).initialize(to: Leaf(keys: spare.keys, count: 0, lastEnd: 0))
+    }
 }

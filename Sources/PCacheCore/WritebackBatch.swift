@@ -51,8 +51,7 @@ struct WritebackBatch {
     mutating func forEach(_ body: (Extent) -> Void) {
         stripes.sort()
         for stripe in stripes {
-            let subtree = subtrees[slotOfStripe[stripe]!]
-            for i in 0..<subtree.count { body(subtree[i]) }
+            subtrees[slotOfStripe[stripe]!].forEach(body)
         }
     }
 
@@ -63,7 +62,7 @@ struct WritebackBatch {
         } else {
             slot = used
             used += 1
-            if slot == subtrees.count { subtrees.append(SubtreeIndex(initialCapacity: 16)) }
+            if slot == subtrees.count { subtrees.append(SubtreeIndex()) }
             slotOfStripe[stripe] = slot
             stripes.append(stripe)
         }

@@ -96,7 +96,7 @@ import Testing
         #expect(h.write(0, data) == 4096)
         #expect((h.read(0, 4096).1 == data) == true)
         // Corrupt the cached copy behind the cache's back.
-        let key = h.cache.index.withShard(0) { $0[0] }
+        let key = h.cache.index.withShard(0) { $0.allKeys[0] }
         let at = h.cache.dataOffset(key.segment, key.segmentOffset) + 100
         h.cache.memory.base.storeBytes(of: ~h.cache.memory.base.load(fromByteOffset: at, as: UInt8.self),
                                        toByteOffset: at, as: UInt8.self)

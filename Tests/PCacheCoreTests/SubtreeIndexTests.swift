@@ -2,7 +2,7 @@ import Testing
 
 @testable import PCacheCore
 
-/// Checks the sorted-array index against a model that records, for every
+/// Checks the two-level index against a model that records, for every
 /// sector, which write owns it and where in that write's data it lies.
 @Suite struct SubtreeIndexTests {
     struct SectorOwner: Equatable {
@@ -16,8 +16,9 @@ import Testing
     func sectors(of index: SubtreeIndex) -> [SectorOwner?] {
         var model = [SectorOwner?](repeating: nil, count: Int(Self.span))
         var previousEnd: UInt64 = 0
-        for i in 0..<index.count {
-            let key = index[i]
+        let keys = index.allKeys
+        #expect(keys.count == index.count, "count disagrees with the keys held")
+        for key in keys {
             #expect(key.length > 0, "zero-length key left in the index")
             #expect(key.start >= previousEnd, "keys overlap or are out of order")
             previousEnd = key.end
@@ -34,7 +35,7 @@ import Testing
     @Test func randomOverwritesMatchTheModel() {
         var rng = SeededGenerator(seed: 42)
         for _ in 0..<200 {
-            var index = SubtreeIndex(initialCapacity: 1)
+            var index = SubtreeIndex()
             defer { index.deallocate() }
             var model = [SectorOwner?](repeating: nil, count: Int(Self.span))
             for write in 0..<300 {
@@ -61,9 +62,9 @@ import Testing
         index.insert(Extent(start: 0, length: 8192, segment: 1, segmentOffset: 0))
         index.insert(Extent(start: 4096, length: 1024, segment: 2, segmentOffset: 0))
         #expect(index.count == 3)
-        #expect(index[0] == Extent(start: 0, length: 4096, segment: 1, segmentOffset: 0))
-        #expect(index[1].segment == 2)
-        #expect(index[2] == Extent(start: 5120, length: 3072, segment: 1, segmentOffset: 5120))
+        #expect(index.allKeys[0] == Extent(start: 0, length: 4096, segment: 1, segmentOffset: 0))
+        #expect(index.allKeys[1].segment == 2)
+        #expect(index.allKeys[2] == Extent(start: 5120, length: 3072, segment: 1, segmentOffset: 5120))
     }
 
     @Test func placeholderIsShortenedNotSplitAndDroppedOnTailOverlap() {
@@ -72,13 +73,13 @@ import Testing
         index.insert(.placeholder(start: 0, length: 8192, token: 7))
         index.insert(Extent(start: 4096, length: 512, segment: 3))
         #expect(index.count == 2)
-        #expect(index[0].isPlaceholder && index[0].length == 4096)
-        #expect(index[1].segment == 3)
-        #expect(index.placeholderIndex(token: 7, start: 0, end: 8192) == 0)
+        #expect(index.allKeys[0].isPlaceholder && index.allKeys[0].length == 4096)
+        #expect(index.allKeys[1].segment == 3)
+        #expect(index.placeholder(token: 7, start: 0, end: 8192) == index.first(endingAfter: 0))
 
         index.insert(.placeholder(start: 16384, length: 4096, token: 9))
         index.insert(Extent(start: 12288, length: 6144, segment: 4))  // covers the placeholder's head
-        #expect(index.placeholderIndex(token: 9, start: 16384, end: 20480) == nil)
+        #expect(index.placeholder(token: 9, start: 16384, end: 20480) == nil)
     }
 
     @Test func removeRangeCutsAndSplits() {
@@ -89,8 +90,8 @@ import Testing
         index.insert(Extent(start: 8192, length: 8192, segment: 3))
         index.removeRange(start: 2048, end: 10240)
         #expect(index.count == 2)
-        #expect(index[0] == Extent(start: 0, length: 2048, segment: 1))
-        #expect(index[1] == Extent(start: 10240, length: 6144, segment: 3, segmentOffset: 2048))
+        #expect(index.allKeys[0] == Extent(start: 0, length: 2048, segment: 1))
+        #expect(index.allKeys[1] == Extent(start: 10240, length: 6144, segment: 3, segmentOffset: 2048))
         index.removeRange(start: 11264, end: 12288)
         #expect(index.count == 3)
     }
@@ -103,6 +104,148 @@ import Testing
         #expect(removed == 10)
         #expect(index.count == 20)
         #expect(index.removeStale(limit: 100) { $0.segment == 1 } == 5)
+    }
+}
+
+/// The two-level index against the plainest possible one: a sorted Swift
+/// array edited with the same overlap rules, over a whole 4 MiB stripe, so
+/// leaves split, merge and empty all the time.
+@Suite struct SubtreeIndexLeafTests {
+    /// One sorted array, the rules of `SubtreeIndex.insert`/`removeRange`
+    /// written out directly.
+    struct ReferenceIndex {
+        var keys: [Extent] = []
+
+        mutating func removeRange(start: UInt64, end: UInt64) {
+            var result: [Extent] = []
+            for key in keys {
+                if key.end <= start || key.start >= end {
+                    result.append(key)
+                    continue
+                }
+                if key.start < start {
+                    var head = key
+                    head.cutBack(UInt32(key.end - start))
+                    result.append(head)
+                }
+                if key.end > end && !key.isPlaceholder {
+                    var tail = key
+                    tail.cutFront(UInt32(end - key.start))
+                    result.append(tail)
+                }
+            }
+            keys = result
+        }
+
+        mutating func insert(_ key: Extent) {
+            removeRange(start: key.start, end: key.end)
+            keys.append(key)
+            keys.sort { $0.start < $1.start }
+        }
+    }
+
+    static let sector: UInt64 = 512
+    static let sectors: UInt64 = 8192  // one 4 MiB stripe
+
+    func randomKey(_ rng: inout SeededGenerator, serial: Int) -> Extent {
+        let start = UInt64.random(in: 0..<Self.sectors, using: &rng)
+        let length = UInt64.random(in: 1...min(Self.sectors - start, rng.next() % 64 == 0 ? 256 : 4), using: &rng)
+        if rng.next() % 10 == 0 {
+            return .placeholder(start: start * Self.sector, length: UInt32(length * Self.sector), token: UInt32(serial))
+        }
+        return Extent(start: start * Self.sector, length: UInt32(length * Self.sector),
+                      segment: UInt32(serial), segmentOffset: UInt32(serial % 1000) * 4096)
+    }
+
+    @Test func randomEditsMatchASortedArray() {
+        var rng = SeededGenerator(seed: 7)
+        var index = SubtreeIndex()
+        defer { index.deallocate() }
+        var reference = ReferenceIndex()
+        var mostLeaves = 0
+        for serial in 1...20_000 {
+            switch rng.next() % 200 {
+            case 1...5:
+                let a = UInt64.random(in: 0..<Self.sectors, using: &rng) * Self.sector
+                let b = min(a + UInt64.random(in: 1...64, using: &rng) * Self.sector, Self.sectors * Self.sector)
+                index.removeRange(start: a, end: b)
+                reference.removeRange(start: a, end: b)
+            case 6...15:
+                // Remove one key through a cursor; the returned cursor must
+                // be on the key that followed it.
+                guard !reference.keys.isEmpty else { continue }
+                let victim = reference.keys[Int(rng.next() % UInt64(reference.keys.count))]
+                let at = index.first(endingAfter: victim.start)
+                #expect(index.key(at: at) == victim)
+                let after = index.remove(at: at)
+                let position = reference.keys.firstIndex(of: victim)!
+                reference.keys.remove(at: position)
+                #expect(index.key(at: after) == (position < reference.keys.count ? reference.keys[position] : nil))
+            case 0:
+                let odd = rng.next() % 2
+                let limit = Int(rng.next() % 100)
+                let removed = index.removeStale(limit: limit) { UInt64($0.segment) % 2 == odd }
+                var left = limit
+                reference.keys.removeAll {
+                    guard left > 0 && !$0.isPlaceholder && UInt64($0.segment) % 2 == odd else { return false }
+                    left -= 1
+                    return true
+                }
+                #expect(removed == limit - left)
+            default:
+                let key = randomKey(&rng, serial: serial)
+                index.insert(key)
+                reference.insert(key)
+            }
+            if let problem = index.structuralProblem() {
+                Issue.record("after operation \(serial): \(problem)")
+                return
+            }
+            mostLeaves = max(mostLeaves, index.leavesInUse)
+            if serial % 500 == 0 || index.count != reference.keys.count {
+                #expect(index.allKeys == reference.keys, "after operation \(serial)")
+                if index.allKeys != reference.keys { return }
+            }
+        }
+        #expect(mostLeaves > 20, "the workload must spread over many leaves")
+    }
+
+    @Test func walkingWithCursorsVisitsEveryKeyInOrder() {
+        var index = SubtreeIndex()
+        defer { index.deallocate() }
+        for i in stride(from: 999, through: 0, by: -1) {
+            index.insert(Extent(start: UInt64(i) * 4096, length: 4096, segment: UInt32(i)))
+        }
+        var cursor = index.first(endingAfter: 0)
+        var seen: [UInt32] = []
+        while let key = index.key(at: cursor) {
+            seen.append(key.segment)
+            cursor = index.next(after: cursor)
+        }
+        #expect(seen == Array(0..<1000))
+        #expect(cursor == index.endCursor)
+        #expect(index.first(endingAfter: 1000 * 4096) == index.endCursor)
+        #expect(index.key(at: index.first(endingAfter: 4096 * 500 + 100))?.segment == 500)
+    }
+
+    @Test func sequentialWritesFillLeavesAndRemovalsMergeThem() {
+        var index = SubtreeIndex()
+        defer { index.deallocate() }
+        let keys = 1024
+        for i in 0..<keys { index.insert(Extent(start: UInt64(i) * 4096, length: 4096, segment: UInt32(i))) }
+        #expect(index.leavesInUse == keys / SubtreeIndex.leafCapacity, "ascending writes fill every leaf")
+        let leaves = index.leavesInUse
+        // Stale-key cleaning takes 7 of every 8 keys: leaves must merge, not
+        // linger nearly empty.
+        while index.removeStale(limit: 64, { $0.segment % 8 != 0 }) == 64 {}
+        #expect(index.count == keys / 8)
+        #expect(index.structuralProblem() == nil)
+        #expect(index.leavesInUse <= leaves / 2, "\(index.leavesInUse) leaves left for \(index.count) keys")
+        index.removeAll()
+        #expect(index.count == 0 && index.leavesInUse == 0)
+        let bytes = index.memoryBytes
+        for i in 0..<keys { index.insert(Extent(start: UInt64(i) * 4096, length: 4096, segment: UInt32(i))) }
+        #expect(index.memoryBytes == bytes, "refilling reuses the spare leaves")
     }
 }
 
