@@ -1,11 +1,16 @@
+import CSupport
+
 /// The request index: one `SubtreeIndex` per 4 MiB stripe of the backing
 /// device, each behind its own lock (dm-pcache's `req_key_tree`). Requests on
 /// different stripes never share a lock.
 final class CacheIndex: @unchecked Sendable {
+    /// One stripe: lock, index header and key-set affinity on one cache line,
+    /// so a request on the stripe misses on one line, not one per field.
     struct Shard {
-        var lock: PThreadMutex
-        var keys: SubtreeIndex
+        /// The stripe's lock (`pcs_word_lock`).
+        var lockWord: UInt32 = 0
         var keySetAffinity = KeySetAffinity()
+        var keys = SubtreeIndex()
         /// To 64 bytes: neighbouring stripes on separate cache lines.
         var padding: UInt64 = 0
     }
@@ -17,14 +22,11 @@ final class CacheIndex: @unchecked Sendable {
         count = Int((backingBytes + UInt64(PCacheLayout.subtreeSize) - 1) >> UInt64(PCacheLayout.subtreeShift))
         shards = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Shard>.stride, alignment: 64)
             .bindMemory(to: Shard.self, capacity: max(count, 1))
-        for i in 0..<count { (shards + i).initialize(to: Shard(lock: PThreadMutex(), keys: SubtreeIndex())) }
+        for i in 0..<count { (shards + i).initialize(to: Shard()) }
     }
 
     deinit {
-        for i in 0..<count {
-            shards[i].keys.deallocate()
-            shards[i].lock.destroy()
-        }
+        for i in 0..<count { shards[i].keys.deallocate() }
         UnsafeMutableRawPointer(shards).deallocate()
     }
 
@@ -35,8 +37,8 @@ final class CacheIndex: @unchecked Sendable {
     @inline(__always)
     func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex) throws -> R) rethrows -> R {
         let shard = shards + index
-        shard.pointee.lock.lock()
-        defer { shard.pointee.lock.unlock() }
+        pcs_word_lock(&shard.pointee.lockWord)
+        defer { pcs_word_unlock(&shard.pointee.lockWord) }
         return try body(&shard.pointee.keys)
     }
 
@@ -45,14 +47,14 @@ final class CacheIndex: @unchecked Sendable {
     @inline(__always)
     func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex, inout KeySetAffinity) throws -> R) rethrows -> R {
         let shard = shards + index
-        shard.pointee.lock.lock()
-        defer { shard.pointee.lock.unlock() }
+        pcs_word_lock(&shard.pointee.lockWord)
+        defer { pcs_word_unlock(&shard.pointee.lockWord) }
         return try body(&shard.pointee.keys, &shard.pointee.keySetAffinity)
     }
 
     /// Keys and bytes of memory over all subtrees (takes every lock in turn).
     func usage() -> (keys: Int, bytes: Int) {
-        var keys = 0, bytes = count * (MemoryLayout<Shard>.stride + 64)
+        var keys = 0, bytes = count * MemoryLayout<Shard>.stride
         for i in 0..<count {
             withShard(i) {
                 keys += $0.count

@@ -1,3 +1,4 @@
+import CSupport
 import Glibc
 import Synchronization
 import Testing
@@ -75,5 +76,36 @@ import Testing
         print("concurrency: \(results[0].operations + results[1].operations) ops on 2 threads; "
               + "GC freed \(status.gcSegmentsFreed) segments; status \(status.infoLine)")
         #expect(status.gcSegmentsFreed > 6, "the run should recycle every segment at least once")
+    }
+}
+
+/// The one-word lock that guards index stripes: under heavy contention
+/// (three threads on two CPUs, so holders get preempted and waiters sleep on
+/// the futex) no increment is lost and every waiter is woken.
+@Suite struct WordLockTests {
+    final class Shared: @unchecked Sendable {
+        let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        var counter = 0
+        init() { word.initialize(to: 0) }
+        deinit { word.deallocate() }
+    }
+
+    @Test func contendedIncrementsAreNeverLost() throws {
+        let shared = Shared()
+        let perThread = 200_000
+        let threads = (0..<3).map { t in
+            OSThread(name: "lock-\(t)") {
+                for i in 0..<perThread {
+                    pcs_word_lock(shared.word)
+                    shared.counter += 1
+                    if i % 1000 == 0 { sched_yield() }  // hold it across a yield now and then
+                    pcs_word_unlock(shared.word)
+                }
+            }
+        }
+        for thread in threads { try thread.start() }
+        for thread in threads { thread.join() }
+        #expect(shared.counter == 3 * perThread)
+        #expect(shared.word.pointee == 0, "the lock is free at the end")
     }
 }

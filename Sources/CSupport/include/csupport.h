@@ -37,8 +37,6 @@ int pcs_punch_hole_mode(void);
 unsigned pcs_major(uint64_t dev);
 unsigned pcs_minor(uint64_t dev);
 
-#endif
-
 // ---- atomics on plain memory ------------------------------------------------
 // Swift's Atomic cannot live in manually allocated arrays; these let per-segment
 // counters sit in one flat allocation.
@@ -56,3 +54,21 @@ static inline void pcs_single_writer_add_u64(uint64_t *p, uint64_t v) {
 }
 // Orders the loads before it against the loads after it (seqlock readers).
 static inline void pcs_load_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+
+// ---- a one-word lock --------------------------------------------------------
+// A mutex in a 32-bit word (0 free, 1 held, 2 held with sleepers), so it can
+// share a cache line with the data it guards: taking it costs one atomic on a
+// line the holder touches anyway. A contended lock spins briefly, then sleeps
+// on a futex.
+void pcs_word_lock_contended(uint32_t *word);
+void pcs_word_unlock_wake(uint32_t *word);
+static inline void pcs_word_lock(uint32_t *word) {
+    uint32_t expected = 0;
+    if (!__atomic_compare_exchange_n(word, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        pcs_word_lock_contended(word);
+}
+static inline void pcs_word_unlock(uint32_t *word) {
+    if (__atomic_exchange_n(word, 0, __ATOMIC_RELEASE) == 2) pcs_word_unlock_wake(word);
+}
+
+#endif
