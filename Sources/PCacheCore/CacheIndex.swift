@@ -4,15 +4,14 @@ import CSupport
 /// device, each behind its own lock (dm-pcache's `req_key_tree`). Requests on
 /// different stripes never share a lock.
 final class CacheIndex: @unchecked Sendable {
-    /// One stripe: lock, index header and key-set affinity on one cache line,
-    /// so a request on the stripe misses on one line, not one per field.
+    /// One stripe: lock and index header on one cache line, so a request on
+    /// the stripe misses on one line, not one per field.
     struct Shard {
         /// The stripe's lock (`pcs_word_lock`).
         var lockWord: UInt32 = 0
-        var keySetAffinity = KeySetAffinity()
         var keys = SubtreeIndex()
         /// To 64 bytes: neighbouring stripes on separate cache lines.
-        var padding: UInt64 = 0
+        var padding: (UInt64, UInt64) = (0, 0)
     }
 
     let count: Int
@@ -40,16 +39,6 @@ final class CacheIndex: @unchecked Sendable {
         pcs_word_lock(&shard.pointee.lockWord)
         defer { pcs_word_unlock(&shard.pointee.lockWord) }
         return try body(&shard.pointee.keys)
-    }
-
-    /// Runs `body` with subtree `index` locked, also giving the stripe's
-    /// key-set affinity (see `OpenKeySets`).
-    @inline(__always)
-    func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex, inout KeySetAffinity) throws -> R) rethrows -> R {
-        let shard = shards + index
-        pcs_word_lock(&shard.pointee.lockWord)
-        defer { pcs_word_unlock(&shard.pointee.lockWord) }
-        return try body(&shard.pointee.keys, &shard.pointee.keySetAffinity)
     }
 
     /// Keys and bytes of memory over all subtrees (takes every lock in turn).

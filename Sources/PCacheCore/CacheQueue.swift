@@ -129,7 +129,16 @@ public final class CacheQueue {
         while position < end {
             let subtree = CacheIndex.subtree(of: position)
             let chunkEnd = min(end, UInt64(subtree + 1) << UInt64(PCacheLayout.subtreeShift))
-            cache.index.withShard(subtree) { $0.removeRange(start: position, end: chunkEnd) }
+            cache.index.withShard(subtree) { keys in
+                // Unclosed keys leaving the index are logged first: a later
+                // write to the range overlaps nothing, so nothing else would
+                // keep them from closing after it and winning at replay. If
+                // the log has no room, they stay (discarded contents are
+                // undefined, so keeping them is allowed).
+                if cache.keySets.closeKeySets(holding: position, chunkEnd, in: keys) {
+                    keys.removeRange(start: position, end: chunkEnd)
+                }
+            }
             position = chunkEnd
         }
         let r = requests + Int(tag)
@@ -229,9 +238,14 @@ public final class CacheQueue {
                 generation: space.generation, crc: crc, crcSpanOffset: space.offset, crcSpanLength: space.length)
             let fua = r.pointee.fua
             var keySet = 0
-            let outcome = cache.index.withShard(subtree) { keys, affinity in
-                keySet = cache.keySets.route(affinity, own: id)
-                return cache.keySets.append(key, to: keySet, forceClose: fua, affinity: &affinity) { keys.insert(key) }
+            let outcome = cache.index.withShard(subtree) { keys -> OpenKeySets.AppendResult in
+                guard let target = cache.keySets.keySet(for: key.start, key.end, in: keys, own: id) else { return .full }
+                keySet = target
+                return cache.keySets.append(key, to: target, forceClose: fua) { tag in
+                    var tagged = key
+                    tagged.keySetTag = tag
+                    keys.insert(tagged)
+                }
             }
             switch outcome {
             case .appended:
@@ -394,7 +408,7 @@ public final class CacheQueue {
     /// current data segment is cached; a full cache just skips caching.
     private func fillCache(from slot: ReadSlot, request: Request) {
         let subtree = CacheIndex.subtree(of: slot.start)
-        cache.index.withShard(subtree) { keys, affinity in
+        cache.index.withShard(subtree) { keys in
             guard let at = keys.placeholder(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)),
                   let placeholder = keys.key(at: at)
             else { return }
@@ -410,12 +424,18 @@ public final class CacheQueue {
                 start: placeholder.start, length: space.length, flags: .clean, segment: space.segment,
                 segmentOffset: space.offset, generation: space.generation, crc: crc,
                 crcSpanOffset: space.offset, crcSpanLength: space.length)
-            let keySet = cache.keySets.route(affinity, own: id)
-            let outcome = cache.keySets.append(key, to: keySet, forceClose: false, affinity: &affinity) {
-                // Replaces the placeholder; a part the key does not cover
-                // (the head's segment ran out) goes too, as a placeholder
-                // overlapped at its front always does.
-                keys.insert(key)
+            let outcome: OpenKeySets.AppendResult
+            if let keySet = cache.keySets.keySet(for: key.start, key.end, in: keys, own: id) {
+                outcome = cache.keySets.append(key, to: keySet, forceClose: false) { tag in
+                    // Replaces the placeholder; a part the key does not cover
+                    // (the head's segment ran out) goes too, as a placeholder
+                    // overlapped at its front always does.
+                    var tagged = key
+                    tagged.keySetTag = tag
+                    keys.insert(tagged)
+                }
+            } else {
+                outcome = .full
             }
             if case .full = outcome {
                 keys.remove(at: at)

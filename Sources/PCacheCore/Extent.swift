@@ -22,6 +22,10 @@ public struct Extent: Equatable, Sendable {
     public var crc: UInt32
     public var crcSpanOffset: UInt32
     public var crcSpanLength: UInt32
+    /// The key-set and its epoch the key was appended in, while that may
+    /// still be unclosed (`OpenKeySets.tag`); 0 for keys known to be logged
+    /// and for placeholders. Fits the padding after the fields above.
+    var keySetTag: UInt32 = 0
 
     public struct Flags: OptionSet, Sendable, Equatable {
         public let rawValue: UInt32

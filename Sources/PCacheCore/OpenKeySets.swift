@@ -3,17 +3,24 @@ import CSupport
 /// The key-sets being filled (dm-pcache's per-CPU `pcache_cache_kset`), one
 /// per queue.
 ///
-/// Replay inserts keys in log order, so two keys for the same range must
+/// Replay inserts keys in log order, so two keys for the same bytes must
 /// reach the log in the order they entered the index. The kernel gets that by
 /// sending every key of a 4 MiB stripe to key-set `stripe mod count`, which
-/// makes queues share key-sets (and their cache lines) all the time. Here a
-/// key goes to its own queue's key-set, except while its stripe still has an
-/// unclosed key in another key-set: then it joins that one. All unclosed
-/// keys of a stripe are so always in a single key-set, behind each other, and
-/// every key-set closed earlier is earlier in the log. The stripe remembers
-/// where its unclosed keys are (`KeySetAffinity`, under the subtree lock);
-/// each key-set counts its closes (its epoch), which makes a remembered
-/// key-set that has closed since recognisably out of date.
+/// makes queues share key-sets (their locks and buffers) all the time. Here a
+/// key goes to its own queue's key-set unless it overlaps a key that is still
+/// unclosed in another one: then it joins that one, behind the key it
+/// overwrites. So all unclosed keys covering a byte are always in one
+/// key-set, in write order, and every key-set closed earlier is earlier in
+/// the log. A key overlapping unclosed keys of two key-sets closes them both
+/// first (rare: it needs two queues writing next to each other within the
+/// same second), after which any key-set is right.
+///
+/// Index keys carry the key-set and epoch they were appended in
+/// (`Extent.keySetTag`); each key-set counts its closes (its epoch), so a key
+/// whose key-set has closed since is recognisably logged. Only overlap
+/// matters, not the stripe: with a hot region of a few stripes, stripe-level
+/// joining put nearly every write of two queues into one key-set, and two
+/// threads wrote less than one (native bench, 512 MiB span).
 ///
 /// Each key-set has its own lock, taken inside the subtree lock.
 final class OpenKeySets: @unchecked Sendable {
@@ -52,6 +59,7 @@ final class OpenKeySets: @unchecked Sendable {
     init(count: Int, keyLog: KeyLog, dataCRC: Bool, stash: KeySetStash? = nil) {
         self.stash = stash
         self.count = stash?.slotCount ?? max(count, 1)
+        precondition(self.count < 1 << (32 - Int(Self.epochBits)) - 1, "too many key-sets for the key tag")
         self.keyLog = keyLog
         self.dataCRC = dataCRC
         slots = UnsafeMutableRawPointer.allocate(byteCount: self.count * MemoryLayout<Slot>.stride, alignment: 64)
@@ -79,23 +87,71 @@ final class OpenKeySets: @unchecked Sendable {
         epochs.deallocate()
     }
 
-    /// The key-set a key of a stripe must go to: where the stripe's unclosed
-    /// keys are, or else the appending queue's own.
+    /// Tag bits: key-set index + 1 above, epoch below (wrapping; a stale
+    /// match only makes a key join a key-set it need not have).
+    private static let epochBits: UInt32 = 20
+    private static let epochMask: UInt32 = (1 << epochBits) - 1
+
     @inline(__always)
-    func route(_ affinity: KeySetAffinity, own: Int) -> Int {
-        if affinity.keySet >= 0 && pcs_atomic_load_u32(epochs + Int(affinity.keySet) * Self.epochStride) == affinity.epoch {
-            return Int(affinity.keySet)
+    private func tag(keySet index: Int, epoch: UInt32) -> UInt32 {
+        UInt32(index + 1) << Self.epochBits | epoch & Self.epochMask
+    }
+
+    /// The key-set a tagged key is still unclosed in, or nil if it is logged.
+    @inline(__always)
+    private func unclosedKeySet(of tag: UInt32) -> Int? {
+        guard tag != 0 else { return nil }
+        let index = Int(tag >> Self.epochBits) - 1
+        guard index < count,
+              pcs_atomic_load_u32(epochs + index * Self.epochStride) & Self.epochMask == tag & Self.epochMask
+        else { return nil }
+        return index
+    }
+
+    /// The key-set a key for [start, end) must go to: the one holding the
+    /// unclosed keys it overlaps, or else the appending queue's own. Nil when
+    /// a key-set that had to be closed first could not be (no free segment
+    /// for the key log). Called with the stripe's subtree lock held.
+    func keySet(for start: UInt64, _ end: UInt64, in keys: SubtreeIndex, own: Int) -> Int? {
+        var target = -1
+        var closedTarget = false
+        var cursor = keys.first(endingAfter: start)
+        while let key = keys.key(at: cursor), key.start < end {
+            cursor = keys.next(after: cursor)
+            guard let unclosed = unclosedKeySet(of: key.keySetTag), unclosed != target else { continue }
+            if target < 0 && !closedTarget {
+                target = unclosed
+                continue
+            }
+            // Unclosed keys in two key-sets: log both before this key.
+            if !closedTarget {
+                guard close(target) else { return nil }
+                closedTarget = true
+            }
+            guard close(unclosed) else { return nil }
         }
-        return own % count
+        return target >= 0 && !closedTarget ? target : own % count
+    }
+
+    /// Closes every key-set holding an unclosed key in [start, end), so
+    /// those keys are logged before anything written after they leave the
+    /// index (discard). False if a close found no free segment.
+    func closeKeySets(holding start: UInt64, _ end: UInt64, in keys: SubtreeIndex) -> Bool {
+        var cursor = keys.first(endingAfter: start)
+        while let key = keys.key(at: cursor), key.start < end {
+            cursor = keys.next(after: cursor)
+            if let unclosed = unclosedKeySet(of: key.keySetTag), !close(unclosed) { return false }
+        }
+        return true
     }
 
     /// Appends `key` to key-set `index`, closing it when full or when `forceClose`.
     /// `insertIntoIndex` runs once room is certain, under the key-set lock, so
     /// the index never holds a key that could not be logged (a key inserted
     /// and then withdrawn would already have cut older keys out of the index).
-    /// On return `affinity` names the key-set and epoch the key went into.
+    /// It gets the tag to store in the key (`Extent.keySetTag`).
     func append(
-        _ key: Extent, to index: Int, forceClose: Bool, affinity: inout KeySetAffinity, insertIntoIndex: () -> Void
+        _ key: Extent, to index: Int, forceClose: Bool, insertIntoIndex: (_ keySetTag: UInt32) -> Void
     ) -> AppendResult {
         let slot = slots + index
         slot.pointee.lock.lock()
@@ -103,8 +159,7 @@ final class OpenKeySets: @unchecked Sendable {
         if slot.pointee.keyCount == PCacheLayout.ksetMaxKeys {
             guard closeLocked(index) else { return .full }
         }
-        insertIntoIndex()
-        affinity = KeySetAffinity(keySet: Int32(index), epoch: epochs[index * Self.epochStride])
+        insertIntoIndex(tag(keySet: index, epoch: epochs[index * Self.epochStride]))
         KeySetEncoding.encode(key, dataCRC: dataCRC, slot: slot.pointee.keyCount, into: slot.pointee.buffer)
         slot.pointee.keyCount += 1
         // After the key itself: a crash between the two leaves the key uncounted
@@ -159,16 +214,15 @@ final class OpenKeySets: @unchecked Sendable {
         return ok
     }
 
+    /// Keys appended to key-set `index` and not yet closed.
+    func pendingKeys(in index: Int) -> Int {
+        slots[index].lock.withLock { slots[index].keyCount }
+    }
+
     /// Keys appended but not yet closed, over all key-sets.
     var pendingKeys: Int {
         var total = 0
         for i in 0..<count { total += slots[i].lock.withLock { slots[i].keyCount } }
         return total
     }
-}
-
-/// Where a stripe's unclosed keys are: a key-set and the epoch it was in.
-struct KeySetAffinity {
-    var keySet: Int32 = -1
-    var epoch: UInt32 = 0
 }
