@@ -239,12 +239,15 @@ public final class CacheQueue {
             let fua = r.pointee.fua
             var keySet = 0
             let outcome = cache.index.withShard(subtree) { keys -> OpenKeySets.AppendResult in
-                guard let target = cache.keySets.keySet(for: key.start, key.end, in: keys, own: id) else { return .full }
+                let first = keys.first(endingAfter: key.start)
+                guard let target = cache.keySets.keySet(for: key.start, key.end, in: keys, first: first, own: id) else {
+                    return .full
+                }
                 keySet = target
                 return cache.keySets.append(key, to: target, forceClose: fua) { tag in
                     var tagged = key
                     tagged.keySetTag = tag
-                    keys.insert(tagged)
+                    keys.insert(tagged, at: first)
                 }
             }
             switch outcome {
@@ -425,7 +428,8 @@ public final class CacheQueue {
                 segmentOffset: space.offset, generation: space.generation, crc: crc,
                 crcSpanOffset: space.offset, crcSpanLength: space.length)
             let outcome: OpenKeySets.AppendResult
-            if let keySet = cache.keySets.keySet(for: key.start, key.end, in: keys, own: id) {
+            let first = keys.first(endingAfter: key.start)
+            if let keySet = cache.keySets.keySet(for: key.start, key.end, in: keys, first: first, own: id) {
                 outcome = cache.keySets.append(key, to: keySet, forceClose: false) { tag in
                     // Replaces the placeholder; a part the key does not cover
                     // (the head's segment ran out) goes too, as a placeholder

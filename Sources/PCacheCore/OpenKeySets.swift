@@ -25,9 +25,10 @@ import CSupport
 /// Each key-set has its own lock, taken inside the subtree lock.
 final class OpenKeySets: @unchecked Sendable {
     struct Slot {
-        var lock: PThreadMutex
-        var buffer: UnsafeMutableRawPointer
+        /// The key-set's lock (`pcs_word_lock`), on the line it guards.
+        var lockWord: UInt32 = 0
         var keyCount: Int
+        var buffer: UnsafeMutableRawPointer
         /// Monotonic time of the first key not yet closed, 0 when empty.
         var firstAppendNanos: UInt64
         /// To 64 bytes: each queue's slot on its own cache line.
@@ -74,14 +75,13 @@ final class OpenKeySets: @unchecked Sendable {
                 buffer = .allocate(byteCount: PCacheLayout.ksetMaxSize, alignment: 64)
                 buffer.initializeMemory(as: UInt8.self, repeating: 0, count: PCacheLayout.ksetMaxSize)
             }
-            (slots + i).initialize(to: Slot(lock: PThreadMutex(), buffer: buffer, keyCount: 0, firstAppendNanos: 0))
+            (slots + i).initialize(to: Slot(keyCount: 0, buffer: buffer, firstAppendNanos: 0))
         }
     }
 
     deinit {
         for i in 0..<count {
             if stash == nil { slots[i].buffer.deallocate() }
-            slots[i].lock.destroy()
         }
         UnsafeMutableRawPointer(slots).deallocate()
         epochs.deallocate()
@@ -111,11 +111,12 @@ final class OpenKeySets: @unchecked Sendable {
     /// The key-set a key for [start, end) must go to: the one holding the
     /// unclosed keys it overlaps, or else the appending queue's own. Nil when
     /// a key-set that had to be closed first could not be (no free segment
-    /// for the key log). Called with the stripe's subtree lock held.
-    func keySet(for start: UInt64, _ end: UInt64, in keys: SubtreeIndex, own: Int) -> Int? {
+    /// for the key log). Called with the stripe's subtree lock held; `first`
+    /// is `keys.first(endingAfter: start)`.
+    func keySet(for start: UInt64, _ end: UInt64, in keys: SubtreeIndex, first: SubtreeIndex.Cursor, own: Int) -> Int? {
         var target = -1
         var closedTarget = false
-        var cursor = keys.first(endingAfter: start)
+        var cursor = first
         while let key = keys.key(at: cursor), key.start < end {
             cursor = keys.next(after: cursor)
             guard let unclosed = unclosedKeySet(of: key.keySetTag), unclosed != target else { continue }
@@ -154,8 +155,8 @@ final class OpenKeySets: @unchecked Sendable {
         _ key: Extent, to index: Int, forceClose: Bool, insertIntoIndex: (_ keySetTag: UInt32) -> Void
     ) -> AppendResult {
         let slot = slots + index
-        slot.pointee.lock.lock()
-        defer { slot.pointee.lock.unlock() }
+        pcs_word_lock(&slot.pointee.lockWord)
+        defer { pcs_word_unlock(&slot.pointee.lockWord) }
         if slot.pointee.keyCount == PCacheLayout.ksetMaxKeys {
             guard closeLocked(index) else { return .full }
         }
@@ -186,10 +187,16 @@ final class OpenKeySets: @unchecked Sendable {
         return true
     }
 
+    @inline(__always)
+    private func locked<R>(_ index: Int, _ body: () -> R) -> R {
+        pcs_word_lock(&slots[index].lockWord)
+        defer { pcs_word_unlock(&slots[index].lockWord) }
+        return body()
+    }
+
     /// Closes key-set `index`; false when no segment was free for the log.
     func close(_ index: Int) -> Bool {
-        let slot = slots + index
-        return slot.pointee.lock.withLock { closeLocked(index) }
+        locked(index) { closeLocked(index) }
     }
 
     /// Closes every key-set (FLUSH, stop). False if any could not be closed.
@@ -205,9 +212,8 @@ final class OpenKeySets: @unchecked Sendable {
         let now = monotonicNanoseconds()
         var ok = true
         for i in 0..<count {
-            let slot = slots + i
-            slot.pointee.lock.withLock {
-                let first = slot.pointee.firstAppendNanos
+            locked(i) {
+                let first = slots[i].firstAppendNanos
                 if first != 0 && now &- first >= age && !closeLocked(i) { ok = false }
             }
         }
@@ -216,13 +222,13 @@ final class OpenKeySets: @unchecked Sendable {
 
     /// Keys appended to key-set `index` and not yet closed.
     func pendingKeys(in index: Int) -> Int {
-        slots[index].lock.withLock { slots[index].keyCount }
+        locked(index) { slots[index].keyCount }
     }
 
     /// Keys appended but not yet closed, over all key-sets.
     var pendingKeys: Int {
         var total = 0
-        for i in 0..<count { total += slots[i].lock.withLock { slots[i].keyCount } }
+        for i in 0..<count { total += locked(i) { slots[i].keyCount } }
         return total
     }
 }

@@ -130,7 +130,13 @@ public struct SubtreeIndex {
     /// misses in flight) are only ever shortened, never split: the part after
     /// the new key is given up, as dm-pcache does.
     public mutating func insert(_ key: Extent) {
-        let cursor = first(endingAfter: key.start)
+        insert(key, at: first(endingAfter: key.start))
+    }
+
+    /// `insert` for a caller that already has `first(endingAfter: key.start)`
+    /// and has not edited the index since: the write path, which looks at the
+    /// overlapped keys first (`OpenKeySets.keySet`), searches only once.
+    public mutating func insert(_ key: Extent, at cursor: Cursor) {
         if let next = self.key(at: cursor), next.start < key.end {
             removeRange(start: key.start, end: key.end)
             place(key, at: first(endingAfter: key.start))
