@@ -149,9 +149,10 @@ public final class Cache: @unchecked Sendable {
         let keyLog = KeyLog(memory: memory, pool: pool, head: outcome.keyHead) { offsets[Int($0)] }
         self.keyLog = keyLog
 
-        // Keys of a crashed server: newer than every logged key of their
-        // stripe (a stripe's unclosed keys are all in one key-set), so they
-        // go into the index after replay and into the log before anything new.
+        // Keys of a crashed server: newer than every logged key for the same
+        // bytes (all unclosed keys covering a byte are in one key-set, in
+        // write order: see OpenKeySets), so they go into the index after
+        // replay and into the log before anything new.
         if var leftover {
             if Self.logEndsAtStash(&leftover, head: outcome.keyHead, reader: reader) {
                 var adopted = 0

@@ -1,8 +1,8 @@
 /// An in-memory cache key: a range of the backing device and where its bytes
 /// live in the cache (dm-pcache's `pcache_cache_key`).
 ///
-/// Keys are plain values stored in flat sorted arrays (one per subtree), so
-/// walking the index costs no reference counting.
+/// Keys are plain values stored in the leaves of each subtree's sorted
+/// arrays (`SubtreeIndex`), so walking the index costs no reference counting.
 public struct Extent: Equatable, Sendable {
     /// Logical byte offset on the backing device.
     public var start: UInt64
