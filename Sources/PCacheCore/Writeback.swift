@@ -178,12 +178,16 @@ final class Writeback: @unchecked Sendable {
             sourceMode = .bounce
             return writeBatch()
         }
+        bytesWritten += writes.bytes
         return writes.ok
     }
 
     /// One `writeBatch` call's progress.
     private struct Writes {
         var ok = true
+        /// Bytes the backing device took. Counted once the batch is final: a
+        /// batch retried through the bounce area writes some of them again.
+        var bytes: UInt64 = 0
         /// A direct write from the pmem mapping was refused.
         var refused = false
         var inFlight = 0
@@ -241,7 +245,7 @@ final class Writeback: @unchecked Sendable {
                 freeSlotCount += 1
                 writes.inFlight -= 1
                 if result == Int32(expected) {
-                    bytesWritten += UInt64(expected)
+                    writes.bytes += UInt64(expected)
                 } else if (result == -EINVAL || result == -EFAULT) && sourceMode == .directFromCache
                             && cache.backing.isDirect {
                     writes.refused = true
