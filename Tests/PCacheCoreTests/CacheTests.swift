@@ -269,3 +269,56 @@ final class EventLog: Sendable {
     func append(_ line: String) { mutex.withLock { $0.append(line) } }
     var lines: [String] { mutex.withLock { $0 } }
 }
+
+/// The stale-key sweep: keys whose segment GC recycled leave the index a few
+/// hundred stripes per housekeeping pass, and a new sweep starts at most once
+/// per interval (a second).
+@Suite struct StaleKeySweepTests {
+    /// Writes 4 KiB at stripe `far`, then 17 MiB from offset `near` on, so the
+    /// first data segment fills with keys and retires; writes back and
+    /// collects until GC has freed it. Its keys stay in the index, stale.
+    func makeStaleKeys(_ h: CacheHarness, near: UInt64, far: Int) throws {
+        #expect(h.write(UInt64(far) << 22, pattern(UInt64(far), 4096)) == 4096)
+        for mib in 0..<17 { #expect(h.write(near + UInt64(mib) << 20, pattern(UInt64(mib), 1 << 20)) == 1 << 20) }
+        #expect(h.flush() == 0)
+        while h.cache.runWriteback() {}
+        try h.cache.setGCPercent(0)
+        let freed = h.cache.status().gcSegmentsFreed
+        while h.cache.collectOneKeySet() {}
+        try #require(h.cache.status().gcSegmentsFreed > freed, "GC freed no segment")
+    }
+
+    func keys(_ h: CacheHarness, stripe: Int) -> Int { h.cache.index.withShard(stripe) { $0.count } }
+
+    @Test func aSweepAdvancesAFewStripesPerCallAndStartsAtMostOnceASecond() throws {
+        let h = try CacheHarness(cacheMiB: 160, backingMiB: 4096)
+        let far = 1000
+        try #require(h.cache.index.count == 1024 && far >= Cache.cleanerSubtreesPerCall)
+        try makeStaleKeys(h, near: 0, far: far)
+        #expect(keys(h, stripe: far) == 1, "the far key is stale but still indexed")
+
+        h.cache.cleanStaleKeys()
+        #expect(keys(h, stripe: far) == 1, "the first call must not reach stripe \(far)")
+        var calls = 1
+        while keys(h, stripe: far) == 1 && calls < 10 {
+            h.cache.cleanStaleKeys()
+            calls += 1
+        }
+        #expect(keys(h, stripe: far) == 0)
+        #expect(calls == (far / Cache.cleanerSubtreesPerCall) + 1, "the sweep took \(calls) calls")
+        // Every key left in the index is current: reads of the first MiB come
+        // from the second segment or the backing device, and are right.
+        #expect((h.read(0, 1 << 20).1 == pattern(0, 1 << 20)) == true)
+
+        // New stale keys before the interval since that sweep's start has
+        // passed (made an hour, so the test does not depend on its speed):
+        // no sweep yet.
+        h.cache.staleKeySweepInterval = 3600 * 1_000_000_000
+        try makeStaleKeys(h, near: 64 << 20, far: far - 1)
+        #expect(keys(h, stripe: far - 1) == 1)
+        for _ in 0..<10 { h.cache.cleanStaleKeys() }
+        #expect(keys(h, stripe: far - 1) == 1, "a second sweep started within a second")
+        _ = h.cache.runGarbageCollection()  // sweeps everything now
+        #expect(keys(h, stripe: far - 1) == 0)
+    }
+}
