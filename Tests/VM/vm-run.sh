@@ -29,7 +29,8 @@
 #   --kill-after SECS     power cut: SIGKILL QEMU SECS seconds after it started
 #   --kill-on STRING      power cut: SIGKILL QEMU as soon as a console line contains STRING
 #   --result-file FILE    write how the run ended: "exit N", "killed", "timeout",
-#                         "panic" or "failed"
+#                         "panic", "failed", or "boot-failed" (the VM failed before
+#                         the job started: nothing of SCRIPT ran)
 #   --log FILE            also write the console to FILE (default: kept only on failure,
 #                         in vm-out/logs/)
 #   --verbose             show the kernel's boot messages (no 'quiet')
@@ -234,7 +235,7 @@ start=$SECONDS
 deadline=$((start + timeout))
 kill_at=
 [ -z "$kill_after" ] || kill_at=$((start + kill_after))
-status='' panic='' setup_failed='' outcome='' tail=()
+status='' panic='' setup_failed='' outcome='' started='' tail=()
 
 on_line() {
     local l=${1%$'\r'}
@@ -244,6 +245,7 @@ on_line() {
     ((${#tail[@]} > 40)) && tail=("${tail[@]:1}")
     case "$l" in
         *"Kernel panic - not syncing"*) panic=1 ;;
+        "VM-JOB-START $nonce") started=1 ;;
         "VM-EXIT $nonce "*) status=${l##* } ;;
         "VM-SETUP-FAILED $nonce "*) setup_failed=${l#"VM-SETUP-FAILED $nonce "} ;;
     esac
@@ -307,9 +309,18 @@ if [ "$outcome" = killed ] && [ -z "$panic" ]; then
     echo "vm-run: VM killed as requested (power cut) after ${elapsed} s" >&2
     exit 0
 fi
+# A panic or a lost VM before the job started is the emulator's or the boot's
+# failure, never the job's: say so, so a caller may boot again.
+early_failure() {
+    [ -z "$started" ] || return 0
+    echo "vm-run: the VM failed during boot, before the job started" >&2
+    result boot-failed
+    exit 125
+}
 if [ -n "$panic" ]; then
     loud "KERNEL PANIC/OOPS in the VM (after ${elapsed} s) - see the console output above"
     keep_log
+    early_failure
     result panic
     exit 125
 fi
@@ -338,5 +349,6 @@ fi
 loud "the VM stopped without reporting a status (QEMU exit code $qrc, after ${elapsed} s)"
 printf 'vm-run:   | %s\n' "${tail[@]}" >&2
 keep_log
+early_failure
 result failed
 exit 125

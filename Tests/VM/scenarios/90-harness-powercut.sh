@@ -2,7 +2,7 @@
 # Harness self-test for power-cut tests: a file-backed NVDIMM and a disk image
 # keep what the guest wrote when QEMU is killed abruptly, a second boot on the
 # same files sees it, a hung guest is stopped by the timeout and a kernel
-# crash is reported.
+# crash is reported (one before the job starts as a failed boot).
 # runs-on: host
 set -uo pipefail
 : "${VM_RUN:?run me through Tests/VM/run-tests.sh}" "${VM_CACHE:?}"
@@ -56,5 +56,11 @@ echo 'echo c >/proc/sysrq-trigger; sleep 100' >"$dir/crash.sh"
 rc=$?
 [ $rc -eq 125 ] && [ "$(cat "$dir/r4")" = panic ] && grep -q 'KERNEL PANIC' "$dir/crash.out" &&
     ok "panic reported (exit 125)" || bad "boot 4: exit $rc, result $(cat "$dir/r4" 2>/dev/null)"
+
+echo "-- boot 5: a crash before the job starts is reported as a failed boot (run-tests.sh boots again)"
+"$VM_RUN" --timeout 60 --append rdinit=/no-such-init --log "$dir/boot.log" --result-file "$dir/r5" "$dir/crash.sh" >"$dir/boot.out" 2>&1
+rc=$?
+[ $rc -eq 125 ] && [ "$(cat "$dir/r5")" = boot-failed ] && grep -q 'before the job started' "$dir/boot.out" &&
+    ok "failed boot reported (exit 125, result boot-failed)" || bad "boot 5: exit $rc, result $(cat "$dir/r5" 2>/dev/null)"
 
 exit $failed
