@@ -52,12 +52,21 @@ int pcs_punch_hole_mode(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZ
 unsigned pcs_major(uint64_t dev) { return major(dev); }
 unsigned pcs_minor(uint64_t dev) { return minor(dev); }
 
+// A spin-wait hint to the CPU (it lets a sibling hyperthread run).
+static inline void pcs_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield" ::: "memory");
+#endif
+}
+
 // The slow path of pcs_word_lock (Drepper's "Futexes Are Tricky", mutex 3).
 // A short spin first: critical sections under these locks are a few hundred
 // nanoseconds, far less than a futex sleep and wake-up.
 void pcs_word_lock_contended(uint32_t *word) {
     for (int i = 0; i < 200; i++) {
-        __builtin_ia32_pause();
+        pcs_cpu_relax();
         uint32_t expected = 0;
         if (__atomic_load_n(word, __ATOMIC_RELAXED) == 0
             && __atomic_compare_exchange_n(word, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))

@@ -65,7 +65,9 @@ final class OpenKeySets: @unchecked Sendable {
         self.dataCRC = dataCRC
         slots = UnsafeMutableRawPointer.allocate(byteCount: self.count * MemoryLayout<Slot>.stride, alignment: 64)
             .bindMemory(to: Slot.self, capacity: self.count)
-        epochs = .allocate(capacity: self.count * Self.epochStride)
+        epochs = UnsafeMutableRawPointer.allocate(
+            byteCount: self.count * Self.epochStride * MemoryLayout<UInt32>.stride, alignment: 64
+        ).bindMemory(to: UInt32.self, capacity: self.count * Self.epochStride)
         epochs.initialize(repeating: 0, count: self.count * Self.epochStride)
         for i in 0..<self.count {
             let buffer: UnsafeMutableRawPointer
@@ -84,7 +86,7 @@ final class OpenKeySets: @unchecked Sendable {
             if stash == nil { slots[i].buffer.deallocate() }
         }
         UnsafeMutableRawPointer(slots).deallocate()
-        epochs.deallocate()
+        UnsafeMutableRawPointer(epochs).deallocate()
     }
 
     /// Tag bits: key-set index + 1 above, epoch below (wrapping; a stale
