@@ -8,6 +8,7 @@
 #include <linux/fs.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -48,6 +49,8 @@ int pcs_punch_hole(int fd, uint64_t offset, uint64_t length) {
 }
 
 int pcs_punch_hole_mode(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; }
+
+int pcs_unshare_mount_namespace(void) { return unshare(CLONE_NEWNS) == 0 ? 0 : -errno; }
 
 unsigned pcs_major(uint64_t dev) { return major(dev); }
 unsigned pcs_minor(uint64_t dev) { return minor(dev); }

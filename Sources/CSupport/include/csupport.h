@@ -33,6 +33,9 @@ int pcs_set_io_flusher(void);
 int pcs_punch_hole(int fd, uint64_t offset, uint64_t length);
 // The fallocate mode for that, for io_uring's IORING_OP_FALLOCATE.
 int pcs_punch_hole_mode(void);
+// unshare(CLONE_NEWNS): a mount namespace of the caller's own (the benchmark's
+// private tmpfs, gone with the process). 0 or -errno.
+int pcs_unshare_mount_namespace(void);
 // Major and minor numbers of a dev_t.
 unsigned pcs_major(uint64_t dev);
 unsigned pcs_minor(uint64_t dev);
