@@ -224,7 +224,7 @@ public final class CacheQueue {
             let toStripeEnd = UInt32(PCacheLayout.subtreeSize - Int(offset & UInt64(PCacheLayout.subtreeMask)))
             var want = min(r.pointee.length - r.pointee.cursor, toStripeEnd)
             if zeroes { want = min(want, UInt32(Cache.zeroBufferSize)) }
-            guard let space = head.allocate(want, pool: cache.pool, invalidate: cache.invalidate) else {
+            guard let space = head.allocate(want, pool: cache.pool) else {
                 return deferRequest(tag)
             }
             let source: UnsafeRawPointer =
@@ -415,7 +415,7 @@ public final class CacheQueue {
             guard let at = keys.placeholder(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)),
                   let placeholder = keys.key(at: at)
             else { return }
-            guard let space = head.allocate(placeholder.length, pool: cache.pool, invalidate: cache.invalidate) else {
+            guard let space = head.allocate(placeholder.length, pool: cache.pool) else {
                 keys.remove(at: at)
                 return
             }

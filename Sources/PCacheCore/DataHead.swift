@@ -21,7 +21,12 @@ struct DataHead {
     /// current segment has less left. Each allocation holds one reference on
     /// its segment for the key that will point at it. Returns nil when no
     /// segment is free.
-    mutating func allocate(_ length: UInt32, pool: SegmentPool, invalidate: (UInt32) -> Void) -> Allocation? {
+    ///
+    /// Takes no closure for invalidating segments: one made from a method of
+    /// the shared `Cache` (`cache.invalidate`) retains and releases that
+    /// object on every call, an atomic read-modify-write on a cache line every
+    /// queue thread touches. None is needed here, see below.
+    mutating func allocate(_ length: UInt32, pool: SegmentPool) -> Allocation? {
         if isEmpty {
             guard let fresh = pool.allocate() else { return nil }
             pool.takeReference(fresh)  // the head's own reference
@@ -36,7 +41,11 @@ struct DataHead {
         pool.takeReference(segment)
         offset += granted
         if offset == UInt32(PCacheLayout.segmentDataSize) {
-            retire(pool: pool, invalidate: invalidate)
+            // Full: the head lets the segment go. Its last reference cannot
+            // be this one, as the allocation just made holds another.
+            isEmpty = true
+            let wasLast = pool.dropReference(segment)
+            assert(!wasLast, "a full segment lost its last reference while an allocation holds one")
         }
         return allocation
     }
