@@ -19,7 +19,11 @@ public final class CacheQueue {
     private let cache: Cache
     private let io: QueueIO
     let waker: QueueWaker
-    private var head = DataHead()
+    /// The queue's data head. Behind a pointer, not a stored `var`: every
+    /// mutation of a class's stored property goes through a run-time
+    /// exclusivity check (swift_beginAccess/endAccess), which the write path
+    /// would pay on each allocation.
+    private let head: UnsafeMutablePointer<DataHead>
     private var nextToken: UInt32 = 0
 
     /// Backing reads one request may have in flight before its walk pauses.
@@ -63,6 +67,8 @@ public final class CacheQueue {
         self.depth = depth
         self.io = io
         self.waker = waker
+        head = .allocate(capacity: 1)
+        head.initialize(to: DataHead())
         requests = .allocate(capacity: depth)
         requests.initialize(repeating: Request(), count: depth)
         slots = .allocate(capacity: depth * Self.readSlotsPerTag)
@@ -73,6 +79,7 @@ public final class CacheQueue {
     }
 
     deinit {
+        head.deallocate()
         requests.deallocate()
         slots.deallocate()
     }
@@ -204,7 +211,7 @@ public final class CacheQueue {
         for tag in deferred { finish(tag, -EIO) }
         deferred.removeAll()
         cache.queueHasDeferred(self, false)
-        head.retire(pool: cache.pool, invalidate: cache.invalidate)
+        head.pointee.retire(pool: cache.pool, invalidate: cache.invalidate)
     }
 
     public var deferredCount: Int { deferred.count }
@@ -224,7 +231,7 @@ public final class CacheQueue {
             let toStripeEnd = UInt32(PCacheLayout.subtreeSize - Int(offset & UInt64(PCacheLayout.subtreeMask)))
             var want = min(r.pointee.length - r.pointee.cursor, toStripeEnd)
             if zeroes { want = min(want, UInt32(Cache.zeroBufferSize)) }
-            guard let space = head.allocate(want, pool: cache.pool) else {
+            guard let space = head.pointee.allocate(want, pool: cache.pool) else {
                 return deferRequest(tag)
             }
             let source: UnsafeRawPointer =
@@ -415,7 +422,7 @@ public final class CacheQueue {
             guard let at = keys.placeholder(token: slot.token, start: slot.start, end: slot.start + UInt64(slot.length)),
                   let placeholder = keys.key(at: at)
             else { return }
-            guard let space = head.allocate(placeholder.length, pool: cache.pool) else {
+            guard let space = head.pointee.allocate(placeholder.length, pool: cache.pool) else {
                 keys.remove(at: at)
                 return
             }
