@@ -561,6 +561,7 @@ public final class Cache: @unchecked Sendable {
             keyTail: metadata.keyTail, persistence: memory.mode, counters: totals,
             indexKeys: usage.keys, indexBytes: usage.bytes,
             writebackKeySets: writeback.keySetsWritten, writebackBytes: writeback.bytesWritten,
+            writebackRequests: writeback.writeRequests,
             writebackFailures: writeback.failedAttempts, writebackLastError: writeback.lastError,
             writebackHalted: writeback.fatalError?.description, gcKeySets: collector.keySetsCollected,
             gcSegmentsFreed: collector.segmentsFreed, gcHalted: collector.fatalError?.description)
@@ -584,6 +585,8 @@ public struct CacheStatus: Sendable {
     public var indexBytes: Int
     public var writebackKeySets: UInt64
     public var writebackBytes: UInt64
+    /// Backing writes issued by writeback: fewer than keys when neighbours merge.
+    public var writebackRequests: UInt64
     public var writebackFailures: UInt64
     public var writebackLastError: Int32
     public var writebackHalted: String?

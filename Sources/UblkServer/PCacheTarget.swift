@@ -100,6 +100,7 @@ public final class PCacheTarget: UblkTarget {
             "key_head \(s.keyHead)", "dirty_tail \(s.dirtyTail)", "key_tail \(s.keyTail)",
             "index_extents \(s.indexKeys)", "index_bytes \(s.indexBytes)",
             "writeback_keysets \(s.writebackKeySets)", "writeback_bytes \(s.writebackBytes)",
+            "writeback_requests \(s.writebackRequests)",
             "writeback_failures \(s.writebackFailures)", "writeback_last_error \(s.writebackLastError)",
             "gc_keysets \(s.gcKeySets)", "gc_segments_freed \(s.gcSegmentsFreed)",
         ]

@@ -22,6 +22,7 @@ import Testing
         #expect(h.backingBytes(8192, 4096) == new)
         #expect(h.backingBytes(65536, 8192) == other)
         #expect(h.cache.writebackRequests == 2, "the overwritten 4 KiB is not written")
+        #expect(h.cache.status().writebackRequests == 2, "status reports the requests")
         #expect(h.cache.runWriteback() == false)
     }
 
