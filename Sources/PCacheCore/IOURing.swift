@@ -118,6 +118,15 @@ public final class IOURing {
         sqe.pointee.user_data = userData
     }
 
+    /// One write gathered from `count` pieces; `pieces` must stay valid
+    /// until the write completes.
+    @inline(__always)
+    public func prepareWritev(fd: Int32, pieces: UnsafePointer<iovec>, count: Int, offset: UInt64, userData: UInt64) {
+        let sqe = nextSQE()
+        io_uring_prep_writev(sqe, fd, pieces, UInt32(count), offset)
+        sqe.pointee.user_data = userData
+    }
+
     /// fdatasync-style flush of everything written to `fd`.
     @inline(__always)
     public func prepareFsync(fd: Int32, userData: UInt64) {

@@ -24,10 +24,10 @@ final class Writeback: @unchecked Sendable {
     /// kernel's latch); retrying would loop forever.
     private(set) var fatalError: CacheError?
     /// Where writeback writes come from. Direct I/O straight from the pmem
-    /// mapping is tried first; some mappings (device DAX) refuse it, and then
-    /// the data is staged in an aligned bounce area and still written with
-    /// O_DIRECT: a 4 KiB copy is far cheaper than the page cache, whose dirty
-    /// pages the flush would have to write out.
+    /// mapping is tried first (device DAX on 6.12 allows it); where the
+    /// kernel refuses it, the data is staged in an aligned bounce area and
+    /// still written with O_DIRECT: a 4 KiB copy is far cheaper than the page
+    /// cache, whose dirty pages the flush would have to write out.
     private enum SourceMode { case directFromCache, bounce, buffered }
     private var sourceMode: SourceMode
     /// The bounce area (`bounceBytes`, page aligned).
@@ -38,6 +38,15 @@ final class Writeback: @unchecked Sendable {
     static let maxInFlight = 128
     /// Per in-flight slot (the write's userData): its length.
     private let writeLengths: UnsafeMutablePointer<Int>
+    /// Pieces of pmem one gathered write takes at most (one `writev`).
+    static let maxPieces = 64
+    /// Bytes one merged write carries at most, staged or gathered.
+    static let maxRunBytes = 4 << 20
+    /// Per in-flight slot, `maxPieces` iovecs: the kernel may read a
+    /// vectored write's array until it completes.
+    private let slotPieces: UnsafeMutablePointer<iovec>
+    /// The gathered run being built, copied into its slot when queued.
+    private let runPieces: UnsafeMutablePointer<iovec>
     private let freeSlots: UnsafeMutablePointer<Int>
     private var freeSlotCount = 0
 
@@ -47,6 +56,8 @@ final class Writeback: @unchecked Sendable {
         self.cache = cache
         ring = try IOURing(entries: UInt32(Self.maxInFlight))
         writeLengths = .allocate(capacity: Self.maxInFlight)
+        slotPieces = .allocate(capacity: Self.maxInFlight * Self.maxPieces)
+        runPieces = .allocate(capacity: Self.maxPieces)
         freeSlots = .allocate(capacity: Self.maxInFlight)
         batch = WritebackBatch(expectedKeys: PCacheLayout.ksetMaxKeys * Self.maxKeySetsPerBatch)
         sourceMode = cache.writebackStagesData ? .bounce
@@ -59,6 +70,8 @@ final class Writeback: @unchecked Sendable {
         batch.deallocate()
         bounce.deallocate()
         writeLengths.deallocate()
+        slotPieces.deallocate()
+        runPieces.deallocate()
         freeSlots.deallocate()
     }
 
@@ -140,9 +153,13 @@ final class Writeback: @unchecked Sendable {
 
     /// Writes every dirty key of the batch; true when all succeeded.
     ///
-    /// Keys that follow each other on the backing device and are staged in
-    /// the bounce area go out as one write (the batch is sorted by offset), so
-    /// sequential data is written back in large requests.
+    /// The batch is visited in backing-device order, so keys that follow each
+    /// other on the backing device go out as one write of up to
+    /// `maxRunBytes`: copied one after the other into the bounce area when
+    /// data is staged, or else gathered straight from pmem into one vectored
+    /// write (`maxPieces` separate pieces at most; data that also follows on
+    /// in pmem, as sequential writes leave it, is one piece). Sequential data
+    /// is so written back in large requests either way.
     private func writeBatch() -> Bool {
         let backing = cache.backing
         var writes = Writes()
@@ -150,27 +167,13 @@ final class Writeback: @unchecked Sendable {
             guard !key.flags.contains(.clean) else { return }
             let length = Int(key.length)
             let source = UnsafeRawPointer(cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset))
-            guard sourceMode == .bounce && length <= Self.bounceBytes else {
+            if sourceMode == .bounce && length <= Self.bounceBytes {
+                stage(&writes, from: source, count: length, offset: key.start)
+            } else {
                 let fd = sourceMode == .directFromCache
                     ? backing.descriptor(buffer: source, count: length, offset: key.start) : backing.bufferedFD
-                queue(&writes, from: source, count: length, offset: key.start, fd: fd)
-                return
+                gather(&writes, from: source, count: length, offset: key.start, fd: fd)
             }
-            if writes.runLength > 0 && writes.runOffset + UInt64(writes.runLength) == key.start
-                && writes.bounceUsed + writes.runLength + length <= Self.bounceBytes {
-                (bounce + writes.bounceUsed + writes.runLength).copyMemory(from: source, byteCount: length)
-                writes.runLength += length
-                return
-            }
-            endRun(&writes)
-            if writes.bounceUsed + length > Self.bounceBytes {
-                // The bounce area is full: its writes must finish before it is reused.
-                collect(&writes)
-                writes.bounceUsed = 0
-            }
-            (bounce + writes.bounceUsed).copyMemory(from: source, byteCount: length)
-            writes.runOffset = key.start
-            writes.runLength = length
         }
         endRun(&writes)
         collect(&writes)
@@ -193,29 +196,111 @@ final class Writeback: @unchecked Sendable {
         var inFlight = 0
         /// Bounce bytes taken by queued writes (runs start page aligned).
         var bounceUsed = 0
-        /// The run being staged at `bounce + bounceUsed`.
+        /// The run being built: staged at `bounce + bounceUsed`, or gathered
+        /// in `runPieces` for `runFD`.
+        var run = Run.none
         var runOffset: UInt64 = 0
         var runLength = 0
+        var runPieceCount = 0
+        var runFD: Int32 = -1
+
+        enum Run { case none, staged, gathered }
     }
 
-    /// Queues the staged run, if any, as one write.
+    /// Adds a key to the staged run, copying its data into the bounce area.
+    private func stage(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64) {
+        if writes.run == .staged && writes.runOffset + UInt64(writes.runLength) == offset
+            && writes.runLength + count <= Self.maxRunBytes
+            && writes.bounceUsed + writes.runLength + count <= Self.bounceBytes {
+            (bounce + writes.bounceUsed + writes.runLength).copyMemory(from: source, byteCount: count)
+            writes.runLength += count
+            return
+        }
+        endRun(&writes)
+        if writes.bounceUsed + count > Self.bounceBytes {
+            // The bounce area is full: its writes must finish before it is reused.
+            collect(&writes)
+            writes.bounceUsed = 0
+        }
+        (bounce + writes.bounceUsed).copyMemory(from: source, byteCount: count)
+        writes.run = .staged
+        writes.runOffset = offset
+        writes.runLength = count
+    }
+
+    /// Adds a key to the gathered run: a piece of one vectored write from pmem.
+    private func gather(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64, fd: Int32) {
+        if writes.run == .gathered && writes.runFD == fd && writes.runOffset + UInt64(writes.runLength) == offset
+            && writes.runLength + count <= Self.maxRunBytes {
+            let last = runPieces + (writes.runPieceCount - 1)
+            if UnsafeRawPointer(last.pointee.iov_base!) + last.pointee.iov_len == source {
+                last.pointee.iov_len += count
+                writes.runLength += count
+                return
+            }
+            if writes.runPieceCount < Self.maxPieces {
+                runPieces[writes.runPieceCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: source), iov_len: count)
+                writes.runPieceCount += 1
+                writes.runLength += count
+                return
+            }
+        }
+        endRun(&writes)
+        runPieces[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: source), iov_len: count)
+        writes.run = .gathered
+        writes.runPieceCount = 1
+        writes.runFD = fd
+        writes.runOffset = offset
+        writes.runLength = count
+    }
+
+    /// Queues the run being built, if any, as one write.
     private func endRun(_ writes: inout Writes) {
-        guard writes.runLength > 0 else { return }
-        let source = UnsafeRawPointer(bounce + writes.bounceUsed)
-        let fd = cache.backing.descriptor(buffer: source, count: writes.runLength, offset: writes.runOffset)
-        queue(&writes, from: source, count: writes.runLength, offset: writes.runOffset, fd: fd)
-        writes.bounceUsed += (writes.runLength + 4095) & ~4095
+        switch writes.run {
+        case .none:
+            return
+        case .staged:
+            let source = UnsafeRawPointer(bounce + writes.bounceUsed)
+            let fd = cache.backing.descriptor(buffer: source, count: writes.runLength, offset: writes.runOffset)
+            queue(&writes, from: source, count: writes.runLength, offset: writes.runOffset, fd: fd)
+            writes.bounceUsed += (writes.runLength + 4095) & ~4095
+        case .gathered:
+            if writes.runPieceCount == 1 {
+                queue(&writes, from: UnsafeRawPointer(runPieces[0].iov_base!), count: writes.runLength,
+                      offset: writes.runOffset, fd: writes.runFD)
+            } else {
+                queueGathered(&writes)
+            }
+        }
+        writes.run = .none
         writes.runLength = 0
+        writes.runPieceCount = 0
     }
 
     private func queue(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64, fd: Int32) {
+        let slot = takeSlot(&writes, count: count)
+        ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(slot))
+    }
+
+    /// Queues the gathered run (two pieces or more) as one `writev`.
+    private func queueGathered(_ writes: inout Writes) {
+        let slot = takeSlot(&writes, count: writes.runLength)
+        let pieces = slotPieces + slot * Self.maxPieces
+        pieces.update(from: runPieces, count: writes.runPieceCount)
+        ring.prepareWritev(fd: writes.runFD, pieces: pieces, count: writes.runPieceCount,
+                           offset: writes.runOffset, userData: UInt64(slot))
+    }
+
+    /// A free in-flight slot for a write of `count` bytes, reaping first
+    /// when every slot is taken.
+    private func takeSlot(_ writes: inout Writes, count: Int) -> Int {
         if writes.inFlight == Self.maxInFlight { reap(&writes, all: false) }
         freeSlotCount -= 1
         let slot = freeSlots[freeSlotCount]
         writeLengths[slot] = count
-        ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(slot))
         writes.inFlight += 1
         writeRequests += 1
+        return slot
     }
 
     /// Submits what is queued and waits for every write in flight.

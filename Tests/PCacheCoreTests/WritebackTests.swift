@@ -26,12 +26,13 @@ import Testing
         #expect(h.cache.runWriteback() == false)
     }
 
-    /// With the data staged in the bounce area (as on device DAX), keys that
-    /// follow each other on the backing device go out as one write, split
-    /// only where the bounce area is full.
-    @Test func stagedWritebackMergesNeighbouringKeys() throws {
+    /// Keys that follow each other on the backing device go out as one write
+    /// of at most 4 MiB: staged in the bounce area, or gathered straight from
+    /// pmem (sequential writes lie one after the other there too).
+    @Test(arguments: [false, true])
+    func writebackMergesNeighbouringKeys(staged: Bool) throws {
         let h = try CacheHarness()
-        h.configuration.writebackStagesData = true
+        h.configuration.writebackStagesData = staged
         try h.restart()
         var expected: [(offset: UInt64, data: [UInt8])] = []
         // 6 MiB of sequential 4 KiB writes (12 key-sets): 4 MiB + 2 MiB.
@@ -56,6 +57,31 @@ import Testing
             #expect(h.backingBytes(offset, data.count) == data, "backing data at \(offset)")
         }
         #expect(h.cache.writebackRequests - requestsBefore == 5)
+    }
+
+    /// Neighbours on the backing device whose data lies apart in pmem
+    /// (written in reverse order) are gathered as separate pieces of one
+    /// vectored write, at most `Writeback.maxPieces` each; staged, they are
+    /// one write.
+    @Test(arguments: [false, true])
+    func neighboursApartInPmemAreGathered(staged: Bool) throws {
+        let h = try CacheHarness()
+        h.configuration.writebackStagesData = staged
+        try h.restart()
+        let blocks = Writeback.maxPieces * 3 + 10
+        let base = UInt64(8 << 20)
+        for i in (0..<blocks).reversed() {
+            #expect(h.write(base + UInt64(i) * 4096, pattern(UInt64(7000 + i), 4096)) == 4096)
+        }
+        #expect(h.flush() == 0)
+        let requestsBefore = h.cache.writebackRequests
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        let expectedRequests = staged ? 1 : (blocks + Writeback.maxPieces - 1) / Writeback.maxPieces
+        #expect(h.cache.writebackRequests - requestsBefore == UInt64(expectedRequests))
+        for i in 0..<blocks {
+            #expect(h.backingBytes(base + UInt64(i) * 4096, 4096) == pattern(UInt64(7000 + i), 4096), "block \(i)")
+        }
     }
 
     /// More separate writes than fit in flight at once (Writeback.maxInFlight)
