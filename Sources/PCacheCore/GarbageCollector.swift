@@ -7,7 +7,9 @@
 /// GC starts once `segs_used >= n_segs * gc_percent / 100`; with gc_percent 0
 /// it runs until the key tail reaches the dirty tail.
 final class GarbageCollector: @unchecked Sendable {
-    private unowned let cache: Cache
+    /// Unowned and unchecked, as in `Writeback`: the cache owns this object
+    /// and outlives every call into it.
+    private unowned(unsafe) let cache: Cache
     private(set) var keySetsCollected: UInt64 = 0
     private(set) var segmentsFreed: UInt64 = 0
     /// A key-set that cannot be decoded stops GC for good: it may be half

@@ -10,7 +10,10 @@ import Glibc
 /// leaves the dirty tail where it is; the same key-sets are retried after a
 /// back-off, so writeback resumes by itself when the device heals.
 final class Writeback: @unchecked Sendable {
-    private unowned let cache: Cache
+    /// Unowned and unchecked: the cache owns this object and joins the
+    /// thread that drives it before it goes, and a checked reference costs
+    /// an atomic retain and release on every use in the loops below.
+    private unowned(unsafe) let cache: Cache
     private let ring: IOURing
     private var batch: WritebackBatch
 
