@@ -19,6 +19,9 @@ public final class BackingDevice: @unchecked Sendable {
     public let isDirect: Bool
     /// A buffered descriptor on the same device.
     public let bufferedFD: Int32
+    /// The device's logical block size (BLKSSZGET; 512 for a regular file):
+    /// direct I/O must be aligned to it. 4096 on a 4Kn disk.
+    public let logicalBlockSize: Int
 
     public init(path: String) throws {
         self.path = path
@@ -54,8 +57,16 @@ public final class BackingDevice: @unchecked Sendable {
                 throw CacheError.backingDevice(path: path, reason: "cannot read its size: \(SystemError(errno: -rc, "BLKGETSIZE64"))")
             }
             size = bytes
+            var logical: UInt32 = 0
+            let sizeRC = pcs_block_logical_size(bufferedFD, &logical)
+            guard sizeRC == 0, logical >= 512, logical.nonzeroBitCount == 1 else {
+                throw CacheError.backingDevice(path: path, reason: "cannot read its logical block size: "
+                    + (sizeRC == 0 ? "\(logical) bytes" : "\(SystemError(errno: -sizeRC, "BLKSSZGET"))"))
+            }
+            logicalBlockSize = Int(logical)
         } else {
             size = UInt64(status.st_size)
+            logicalBlockSize = 512
         }
     }
 
@@ -65,10 +76,12 @@ public final class BackingDevice: @unchecked Sendable {
     }
 
     /// Whether a direct I/O of `count` bytes at `offset` from `buffer` meets
-    /// O_DIRECT's alignment rules (512 bytes for address, offset and length).
+    /// O_DIRECT's alignment rules: address, offset and length aligned to the
+    /// logical block size. Anything else goes through the page cache, which
+    /// can write part of a block.
     @inline(__always)
     public func canUseDirect(buffer: UnsafeRawPointer, count: Int, offset: UInt64) -> Bool {
-        isDirect && (Int(bitPattern: buffer) | count | Int(truncatingIfNeeded: offset)) & 511 == 0
+        isDirect && (Int(bitPattern: buffer) | count | Int(truncatingIfNeeded: offset)) & (logicalBlockSize - 1) == 0
     }
 
     /// The descriptor to use for this transfer.

@@ -4,7 +4,8 @@ import PCacheCore
 /// The cache served through ublk: the `pcache` target of a table.
 ///
 /// The kernel sees a volatile write-back cache with FUA (so it sends FLUSH,
-/// and FUA on writes that need it), 512-byte logical and 4 KiB physical
+/// and FUA on writes that need it), the backing device's logical block size
+/// (512 bytes, or 4096 on a 4Kn disk, as dm stacks it), 4 KiB physical
 /// blocks, and DISCARD / WRITE_ZEROES support.
 public final class PCacheTarget: UblkTarget {
     public let parameters: UblkDeviceParameters
@@ -47,8 +48,11 @@ public final class PCacheTarget: UblkTarget {
         var p = UblkDeviceParameters(
             deviceBytes: table.sectors << 9,
             attributes: UblkDeviceParameters.volatileCache | UblkDeviceParameters.fua)
-        p.logicalBlockShift = 9
-        p.physicalBlockShift = 12
+        // Never smaller blocks than the backing device takes: writeback and
+        // misses use direct I/O, which cannot write part of a block.
+        let logicalShift = UInt8(min(max(cache.backing.logicalBlockSize.trailingZeroBitCount, 9), 12))
+        p.logicalBlockShift = logicalShift
+        p.physicalBlockShift = max(12, logicalShift)
         p.ioMinShift = 12
         p.ioOptShift = 12
         p.discardGranularity = 4096

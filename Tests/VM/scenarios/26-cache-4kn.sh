@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A backing disk with 4 KiB logical blocks (4Kn; here a loop device with
+# 4096-byte sectors): /dev/ublkbN takes the same logical block size, as dm
+# stacks it, so no write smaller than a block reaches the cache; writes and
+# reads verify, writeback runs without errors, and after del --flush the
+# data verifies on the disk itself.
+# vm-run: --pmem 1G --disk 256M --timeout 300
+. "$VM_PROJECT/Tests/VM/guest/lib.sh"
+B=$PCACHE_BIN
+
+section "a 4Kn backing disk"
+truncate -s 256M /tmp/backing.img
+loop=$(losetup -b 4096 -f --show /tmp/backing.img)
+check_eq "the loop device has 4096-byte logical blocks" 4096 "$(blockdev --getss "$loop")"
+dax=$(pmem_mode devdax)
+must "format the cache" "$B" format --force "$dax"
+dev=$("$B" add --table "0 $(blockdev --getsz "$loop") pcache $dax $loop" -q 1 2>&1 | tail -1)
+must "add over the 4Kn disk ($dev)" test -b "$dev"
+check_eq "the cached device has 4096-byte logical blocks" 4096 "$(blockdev --getss "$dev")"
+check "a 512-byte direct write is refused by the kernel, not sent to the cache" \
+    sh -c "! dd if=/dev/zero of=$dev bs=512 count=1 seek=9 oflag=direct status=none 2>/dev/null"
+
+section "writes and reads through the cache"
+check "fio 4 KiB and 64 KiB writes with crc32c verify" \
+    fio --name=v --filename="$dev" --rw=randwrite --bsrange=4k-64k --size=96M --iodepth=8 \
+        --ioengine=io_uring --direct=1 --verify=crc32c --do_verify=1 --randrepeat=0
+check "gc_percent 0 (write back at once)" "$B" message -n 0 gc_percent 0
+wait_for 30 sh -c "\"$B\" status -n 0 --stats | grep -q '^writeback_bytes [1-9]'"
+sleep 2
+stats=$("$B" status -n 0 --stats)
+note "$(printf '%s\n' "$stats" | grep -E '^(writeback_(bytes|requests|failures)|backingErrors) ' | paste -sd' ')"
+check_eq "writeback failures" 0 "$(printf '%s\n' "$stats" | awk '$1=="writeback_failures" {print $2}')"
+check_eq "backing errors" 0 "$(printf '%s\n' "$stats" | awk '$1=="backingErrors" {print $2}')"
+check "no writeback error in the log" sh -c "! grep -q 'writeback error' /run/pcache-ublk/ublkb0.log"
+
+section "del --flush: the data on the disk itself"
+check "del --flush" "$B" del -n 0 --flush
+check "fio verifies on $loop" \
+    fio --name=v --filename="$loop" --rw=randwrite --bsrange=4k-64k --size=96M --iodepth=8 \
+        --ioengine=io_uring --direct=1 --verify=crc32c --verify_only --randrepeat=0
+losetup -d "$loop"
+finish
