@@ -41,10 +41,21 @@ final class Writeback: @unchecked Sendable {
     static let maxInFlight = 128
     /// Per in-flight slot (the write's userData): its length.
     private let writeLengths: UnsafeMutablePointer<Int>
+    /// Per in-flight slot: whether the write is direct I/O from the pmem
+    /// mapping, the only kind whose EINVAL or EFAULT means "refused".
+    private let writeFromMapping: UnsafeMutablePointer<Bool>
     /// Pieces of pmem one gathered write takes at most (one `writev`).
     static let maxPieces = 64
     /// Bytes one merged write carries at most, staged or gathered.
-    static let maxRunBytes = 4 << 20
+    static let maxRunBytes = 1 << 20
+    /// Memory pages one write's buffers may span at most: the block layer's
+    /// `BIO_MAX_VECS`. Up to that, a direct write is one bio: io_uring issues
+    /// it inline, and a mapping whose pages cannot be pinned fails it with
+    /// EFAULT. Past it, the kernel splits the write into several bios, which
+    /// io_uring punts to an io-wq worker, and a pinning failure then comes
+    /// back as EIO, which would read as a backing error and retry forever
+    /// instead of switching to staging.
+    static let maxRunPages = 256
     /// Per in-flight slot, `maxPieces` iovecs: the kernel may read a
     /// vectored write's array until it completes.
     private let slotPieces: UnsafeMutablePointer<iovec>
@@ -59,6 +70,7 @@ final class Writeback: @unchecked Sendable {
         self.cache = cache
         ring = try IOURing(entries: UInt32(Self.maxInFlight))
         writeLengths = .allocate(capacity: Self.maxInFlight)
+        writeFromMapping = .allocate(capacity: Self.maxInFlight)
         slotPieces = .allocate(capacity: Self.maxInFlight * Self.maxPieces)
         runPieces = .allocate(capacity: Self.maxPieces)
         freeSlots = .allocate(capacity: Self.maxInFlight)
@@ -73,6 +85,7 @@ final class Writeback: @unchecked Sendable {
         batch.deallocate()
         bounce.deallocate()
         writeLengths.deallocate()
+        writeFromMapping.deallocate()
         slotPieces.deallocate()
         runPieces.deallocate()
         freeSlots.deallocate()
@@ -205,6 +218,8 @@ final class Writeback: @unchecked Sendable {
         var runOffset: UInt64 = 0
         var runLength = 0
         var runPieceCount = 0
+        /// Pages the gathered run's pieces span.
+        var runPages = 0
         var runFD: Int32 = -1
 
         enum Run { case none, staged, gathered }
@@ -236,15 +251,22 @@ final class Writeback: @unchecked Sendable {
         if writes.run == .gathered && writes.runFD == fd && writes.runOffset + UInt64(writes.runLength) == offset
             && writes.runLength + count <= Self.maxRunBytes {
             let last = runPieces + (writes.runPieceCount - 1)
-            if UnsafeRawPointer(last.pointee.iov_base!) + last.pointee.iov_len == source {
-                last.pointee.iov_len += count
-                writes.runLength += count
-                return
-            }
-            if writes.runPieceCount < Self.maxPieces {
+            let lastBase = UnsafeRawPointer(last.pointee.iov_base!)
+            if lastBase + last.pointee.iov_len == source {
+                let morePages = Self.pages(lastBase, last.pointee.iov_len + count)
+                    - Self.pages(lastBase, last.pointee.iov_len)
+                if writes.runPages + morePages <= Self.maxRunPages {
+                    last.pointee.iov_len += count
+                    writes.runLength += count
+                    writes.runPages += morePages
+                    return
+                }
+            } else if writes.runPieceCount < Self.maxPieces
+                        && writes.runPages + Self.pages(source, count) <= Self.maxRunPages {
                 runPieces[writes.runPieceCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: source), iov_len: count)
                 writes.runPieceCount += 1
                 writes.runLength += count
+                writes.runPages += Self.pages(source, count)
                 return
             }
         }
@@ -255,6 +277,13 @@ final class Writeback: @unchecked Sendable {
         writes.runFD = fd
         writes.runOffset = offset
         writes.runLength = count
+        writes.runPages = Self.pages(source, count)
+    }
+
+    /// Memory pages [base, base + count) touches.
+    static func pages(_ base: UnsafeRawPointer, _ count: Int) -> Int {
+        let address = UInt(bitPattern: base)
+        return Int(((address + UInt(count) + 4095) >> 12) - (address >> 12))
     }
 
     /// Queues the run being built, if any, as one write.
@@ -278,16 +307,17 @@ final class Writeback: @unchecked Sendable {
         writes.run = .none
         writes.runLength = 0
         writes.runPieceCount = 0
+        writes.runPages = 0
     }
 
     private func queue(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64, fd: Int32) {
-        let slot = takeSlot(&writes, count: count)
+        let slot = takeSlot(&writes, count: count, source: source, fd: fd)
         ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(slot))
     }
 
     /// Queues the gathered run (two pieces or more) as one `writev`.
     private func queueGathered(_ writes: inout Writes) {
-        let slot = takeSlot(&writes, count: writes.runLength)
+        let slot = takeSlot(&writes, count: writes.runLength, source: UnsafeRawPointer(runPieces[0].iov_base!), fd: writes.runFD)
         let pieces = slotPieces + slot * Self.maxPieces
         pieces.update(from: runPieces, count: writes.runPieceCount)
         ring.prepareWritev(fd: writes.runFD, pieces: pieces, count: writes.runPieceCount,
@@ -296,11 +326,14 @@ final class Writeback: @unchecked Sendable {
 
     /// A free in-flight slot for a write of `count` bytes, reaping first
     /// when every slot is taken.
-    private func takeSlot(_ writes: inout Writes, count: Int) -> Int {
+    private func takeSlot(_ writes: inout Writes, count: Int, source: UnsafeRawPointer, fd: Int32) -> Int {
         if writes.inFlight == Self.maxInFlight { reap(&writes, all: false) }
         freeSlotCount -= 1
         let slot = freeSlots[freeSlotCount]
         writeLengths[slot] = count
+        let memory = cache.memory
+        writeFromMapping[slot] = fd != cache.backing.bufferedFD
+            && source >= UnsafeRawPointer(memory.base) && source < UnsafeRawPointer(memory.base + memory.size)
         writes.inFlight += 1
         writeRequests += 1
         return slot
@@ -334,8 +367,7 @@ final class Writeback: @unchecked Sendable {
                 writes.inFlight -= 1
                 if result == Int32(expected) {
                     writes.bytes += UInt64(expected)
-                } else if (result == -EINVAL || result == -EFAULT) && sourceMode == .directFromCache
-                            && cache.backing.isDirect {
+                } else if (result == -EINVAL || result == -EFAULT) && writeFromMapping[slot] {
                     writes.refused = true
                 } else {
                     writes.ok = false

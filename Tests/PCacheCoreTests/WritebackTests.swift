@@ -27,7 +27,7 @@ import Testing
     }
 
     /// Keys that follow each other on the backing device go out as one write
-    /// of at most 4 MiB: staged in the bounce area, or gathered straight from
+    /// of at most 1 MiB: staged in the bounce area, or gathered straight from
     /// pmem (sequential writes lie one after the other there too).
     @Test(arguments: [false, true])
     func writebackMergesNeighbouringKeys(staged: Bool) throws {
@@ -35,7 +35,7 @@ import Testing
         h.configuration.writebackStagesData = staged
         try h.restart()
         var expected: [(offset: UInt64, data: [UInt8])] = []
-        // 6 MiB of sequential 4 KiB writes (12 key-sets): 4 MiB + 2 MiB.
+        // 6 MiB of sequential 4 KiB writes (12 key-sets): six writes of 1 MiB.
         let run = 6 << 20
         for i in 0..<(run / 4096) {
             let offset = UInt64(16 << 20) + UInt64(i * 4096)
@@ -56,7 +56,40 @@ import Testing
         for (offset, data) in expected {
             #expect(h.backingBytes(offset, data.count) == data, "backing data at \(offset)")
         }
-        #expect(h.cache.writebackRequests - requestsBefore == 5)
+        // Staged, the two scattered writes that come first on the backing
+        // device take the first 24 KiB of the 4 MiB bounce area, so the
+        // run's fourth MiB is cut where the area ends: one write more.
+        #expect(h.cache.writebackRequests - requestsBefore == (staged ? 10 : 9))
+    }
+
+    /// A gathered write spans at most `Writeback.maxRunPages` pages of pmem
+    /// (one bio), even when its bytes would fit: pieces that start inside a
+    /// page span one page more than their length. Here 64 neighbouring 16 KiB
+    /// keys lie apart in pmem (written in reverse order), each starting 512
+    /// bytes into a page, so each spans 5 pages: 1 MiB in 320 pages, which
+    /// takes two gathered writes, while staged it is one.
+    @Test(arguments: [false, true])
+    func gatheredWritesSpanAtMostOneBioOfPages(staged: Bool) throws {
+        let h = try CacheHarness()
+        h.configuration.writebackStagesData = staged
+        try h.restart()
+        // Moves the data head 512 bytes into a page.
+        #expect(h.write(1 << 20, pattern(1, 512)) == 512)
+        let chunk = 16384, chunks = 64, base = UInt64(8 << 20)
+        for i in (0..<chunks).reversed() {
+            #expect(h.write(base + UInt64(i * chunk), pattern(UInt64(300 + i), chunk)) == Int32(chunk))
+        }
+        #expect(h.flush() == 0)
+        let requestsBefore = h.cache.writebackRequests
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        let piecesPerWrite = Writeback.maxRunPages / 5
+        let gatheredWrites = (chunks + piecesPerWrite - 1) / piecesPerWrite
+        #expect(h.cache.writebackRequests - requestsBefore == UInt64(1 + (staged ? 1 : gatheredWrites)))
+        #expect(h.backingBytes(1 << 20, 512) == pattern(1, 512))
+        for i in 0..<chunks {
+            #expect(h.backingBytes(base + UInt64(i * chunk), chunk) == pattern(UInt64(300 + i), chunk), "chunk \(i)")
+        }
     }
 
     /// Neighbours on the backing device whose data lies apart in pmem
