@@ -6,9 +6,11 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/stat.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -31,6 +33,16 @@ int pcs_block_logical_size(int fd, uint32_t *size) {
     int value = 0;
     if (ioctl(fd, BLKSSZGET, &value) != 0) return -errno;
     *size = (uint32_t)value;
+    return 0;
+}
+
+int pcs_file_direct_io_alignment(int fd, uint32_t *offset_align, uint32_t *memory_align) {
+    struct statx info;
+    memset(&info, 0, sizeof info);
+    if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &info) != 0) return -errno;
+    if (!(info.stx_mask & STATX_DIOALIGN)) return -EOPNOTSUPP;
+    *offset_align = info.stx_dio_offset_align;
+    *memory_align = info.stx_dio_mem_align;
     return 0;
 }
 

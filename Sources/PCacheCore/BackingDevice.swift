@@ -19,8 +19,9 @@ public final class BackingDevice: @unchecked Sendable {
     public let isDirect: Bool
     /// A buffered descriptor on the same device.
     public let bufferedFD: Int32
-    /// The device's logical block size (BLKSSZGET; 512 for a regular file):
-    /// direct I/O must be aligned to it. 4096 on a 4Kn disk.
+    /// The device's logical block size (BLKSSZGET), or for a regular file
+    /// the alignment its filesystem asks of direct I/O: direct I/O must be
+    /// aligned to it. 4096 on a 4Kn disk, and for a file on one.
     public let logicalBlockSize: Int
 
     public init(path: String) throws {
@@ -41,32 +42,47 @@ public final class BackingDevice: @unchecked Sendable {
             throw CacheError.backingDevice(path: path, reason: "cannot open read-write: \(SystemError.last("open").description)")
         }
         bufferedFD = buffered
-        let direct = pcs_open_direct(path, O_RDWR | O_CLOEXEC)
-        if direct >= 0 {
-            fd = direct
-            isDirect = true
-        } else {
-            fd = buffered
-            isDirect = false
-        }
 
+        var takesDirectIO = true
         if isBlockDevice {
             var bytes: UInt64 = 0
             let rc = pcs_block_device_size(bufferedFD, &bytes)
             guard rc == 0 else {
+                close(buffered)
                 throw CacheError.backingDevice(path: path, reason: "cannot read its size: \(SystemError(errno: -rc, "BLKGETSIZE64"))")
             }
             size = bytes
             var logical: UInt32 = 0
             let sizeRC = pcs_block_logical_size(bufferedFD, &logical)
             guard sizeRC == 0, logical >= 512, logical.nonzeroBitCount == 1 else {
+                close(buffered)
                 throw CacheError.backingDevice(path: path, reason: "cannot read its logical block size: "
                     + (sizeRC == 0 ? "\(logical) bytes" : "\(SystemError(errno: -sizeRC, "BLKSSZGET"))"))
             }
             logicalBlockSize = Int(logical)
         } else {
             size = UInt64(status.st_size)
-            logicalBlockSize = 512
+            // statx says what the filesystem needs (Linux 6.1+): 4096 for a
+            // file on a 4Kn disk, where 512-byte direct I/O fails with EINVAL.
+            // Where it does not say (an older kernel, tmpfs), 512, right for
+            // files on disks with 512-byte sectors.
+            var offsetAlignment: UInt32 = 0, memoryAlignment: UInt32 = 0
+            if pcs_file_direct_io_alignment(buffered, &offsetAlignment, &memoryAlignment) == 0 {
+                let alignment = max(offsetAlignment, memoryAlignment, 512)
+                takesDirectIO = offsetAlignment != 0 && alignment.nonzeroBitCount == 1
+                logicalBlockSize = takesDirectIO ? Int(alignment) : 512
+            } else {
+                logicalBlockSize = 512
+            }
+        }
+
+        let direct = takesDirectIO ? pcs_open_direct(path, O_RDWR | O_CLOEXEC) : -1
+        if direct >= 0 {
+            fd = direct
+            isDirect = true
+        } else {
+            fd = buffered
+            isDirect = false
         }
     }
 

@@ -24,6 +24,10 @@ int pcs_o_direct(void);
 int pcs_block_device_size(int fd, uint64_t *size);
 // Logical block size of the block device at fd (BLKSSZGET); -errno on failure.
 int pcs_block_logical_size(int fd, uint32_t *size);
+// What direct I/O to a regular file must be aligned to (statx STATX_DIOALIGN,
+// Linux 6.1+): file offset and memory alignment in bytes, 0 when the file
+// takes no direct I/O. -EOPNOTSUPP when the kernel or filesystem does not say.
+int pcs_file_direct_io_alignment(int fd, uint32_t *offset_align, uint32_t *memory_align);
 // Names the calling thread (at most 15 characters are kept).
 void pcs_set_thread_name(const char *name);
 // PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse

@@ -3,7 +3,8 @@
 # 4096-byte sectors): /dev/ublkbN takes the same logical block size, as dm
 # stacks it, so no write smaller than a block reaches the cache; writes and
 # reads verify, writeback runs without errors, and after del --flush the
-# data verifies on the disk itself.
+# data verifies on the disk itself. The same for a backing file on ext4 on
+# that disk, whose direct I/O must be 4 KiB aligned too (statx DIOALIGN).
 # vm-run: --pmem 1G --disk 256M --timeout 300
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"
 B=$PCACHE_BIN
@@ -38,5 +39,31 @@ check "del --flush" "$B" del -n 0 --flush
 check "fio verifies on $loop" \
     fio --name=v --filename="$loop" --rw=randwrite --bsrange=4k-64k --size=96M --iodepth=8 \
         --ioengine=io_uring --direct=1 --verify=crc32c --verify_only --randrepeat=0
+
+section "a backing file on ext4 on the 4Kn disk"
+must "mkfs.ext4 on $loop" mkfs.ext4 -q -F "$loop"
+mkdir -p /mnt/4kn
+must "mount it" mount -t ext4 "$loop" /mnt/4kn
+truncate -s 128M /mnt/4kn/backing
+must "format the cache" "$B" format --force "$dax"
+dev=$("$B" add --table "0 $((128 << 11)) pcache $dax /mnt/4kn/backing" -q 1 2>&1 | tail -1)
+must "add over the file ($dev)" test -b "$dev"
+check_eq "the cached device has 4096-byte logical blocks" 4096 "$(blockdev --getss "$dev")"
+check "a 512-byte direct write is refused by the kernel" \
+    sh -c "! dd if=/dev/zero of=$dev bs=512 count=1 seek=9 oflag=direct status=none 2>/dev/null"
+check "fio writes with crc32c verify" \
+    fio --name=v --filename="$dev" --rw=randwrite --bsrange=4k-64k --size=48M --iodepth=8 \
+        --ioengine=io_uring --direct=1 --verify=crc32c --do_verify=1 --randrepeat=0
+check "gc_percent 0 (write back at once)" "$B" message -n 0 gc_percent 0
+wait_for 30 sh -c "\"$B\" status -n 0 --stats | grep -q '^writeback_bytes [1-9]'"
+sleep 2
+stats=$("$B" status -n 0 --stats)
+note "$(printf '%s\n' "$stats" | grep -E '^(writeback_(bytes|requests|failures)|backingErrors) ' | paste -sd' ')"
+check_eq "writeback failures" 0 "$(printf '%s\n' "$stats" | awk '$1=="writeback_failures" {print $2}')"
+check "del --flush" "$B" del -n 0 --flush
+check "fio verifies on the file" \
+    fio --name=v --filename=/mnt/4kn/backing --rw=randwrite --bsrange=4k-64k --size=48M --iodepth=8 \
+        --ioengine=io_uring --direct=1 --verify=crc32c --verify_only --randrepeat=0
+umount /mnt/4kn
 losetup -d "$loop"
 finish
