@@ -261,13 +261,15 @@ final class Writeback: @unchecked Sendable {
                     writes.runPages += morePages
                     return
                 }
-            } else if writes.runPieceCount < Self.maxPieces
-                        && writes.runPages + Self.pages(source, count) <= Self.maxRunPages {
-                runPieces[writes.runPieceCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: source), iov_len: count)
-                writes.runPieceCount += 1
-                writes.runLength += count
-                writes.runPages += Self.pages(source, count)
-                return
+            } else if writes.runPieceCount < Self.maxPieces {
+                let piecePages = Self.pages(source, count)
+                if writes.runPages + piecePages <= Self.maxRunPages {
+                    runPieces[writes.runPieceCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: source), iov_len: count)
+                    writes.runPieceCount += 1
+                    writes.runLength += count
+                    writes.runPages += piecePages
+                    return
+                }
             }
         }
         endRun(&writes)
