@@ -26,6 +26,11 @@ public struct CacheConfiguration: Sendable {
     /// Tests only: a new cache starts its key log this many bytes before the
     /// end of segment 0, so key-set chaining across segments comes soon.
     var keyLogStartsBeforeSegmentEnd: Int? = nil
+    /// Write every version of the data back, as dm-pcache does, so the
+    /// backing device on its own always holds a prefix of the write history
+    /// (a consistent past state, should the cache device be lost). By
+    /// default writeback skips data a newer logged write has overwritten.
+    public var writebackKeepsHistory = false
     /// Tests only: writeback stages data in its bounce area, as it does when
     /// the pmem mapping refuses direct I/O (device DAX).
     var writebackStagesData = false
@@ -43,6 +48,7 @@ public final class Cache: @unchecked Sendable {
     public let backing: BackingDevice
     public let dataCRC: Bool
     let writebackStagesData: Bool
+    let writebackKeepsHistory: Bool
     public let logicalBytes: UInt64
     public let replayOutcome: (keySets: Int, keys: Int, staleKeys: Int)
     /// Keys a crashed server left in its open key-sets, logged at start;
@@ -124,6 +130,7 @@ public final class Cache: @unchecked Sendable {
         metadata = try CacheMetadata.open(device: device, dataCRC: configuration.dataCRC, cacheMode: configuration.cacheMode)
         dataCRC = metadata.info.dataCRC
         writebackStagesData = configuration.writebackStagesData
+        writebackKeepsHistory = configuration.writebackKeepsHistory
 
         let segments = metadata.segmentCount
         dataAreaOffsets = .allocate(capacity: Int(segments))
@@ -561,7 +568,8 @@ public final class Cache: @unchecked Sendable {
             keyTail: metadata.keyTail, persistence: memory.mode, counters: totals,
             indexKeys: usage.keys, indexBytes: usage.bytes,
             writebackKeySets: writeback.keySetsWritten, writebackBytes: writeback.bytesWritten,
-            writebackRequests: writeback.writeRequests,
+            writebackRequests: writeback.writeRequests, writebackSkippedBytes: writeback.bytesSkipped,
+            writebackKeepsHistory: writebackKeepsHistory,
             writebackFailures: writeback.failedAttempts, writebackLastError: writeback.lastError,
             writebackHalted: writeback.fatalError?.description, gcKeySets: collector.keySetsCollected,
             gcSegmentsFreed: collector.segmentsFreed, gcHalted: collector.fatalError?.description)
@@ -587,6 +595,11 @@ public struct CacheStatus: Sendable {
     public var writebackBytes: UInt64
     /// Backing writes issued by writeback: fewer than keys when neighbours merge.
     public var writebackRequests: UInt64
+    /// Dirty bytes writeback did not write because newer logged data had
+    /// overwritten them (0 with `writebackKeepsHistory`).
+    public var writebackSkippedBytes: UInt64
+    /// Writeback writes every version (`CacheConfiguration.writebackKeepsHistory`).
+    public var writebackKeepsHistory: Bool
     public var writebackFailures: UInt64
     public var writebackLastError: Int32
     public var writebackHalted: String?

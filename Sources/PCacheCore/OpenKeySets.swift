@@ -110,6 +110,12 @@ final class OpenKeySets: @unchecked Sendable {
         return index
     }
 
+    /// Whether a key with `tag` is logged (its key-set has closed since it
+    /// was appended). A wrapped epoch can only make a logged key look
+    /// unclosed, never the reverse.
+    @inline(__always)
+    func isLogged(tag: UInt32) -> Bool { unclosedKeySet(of: tag) == nil }
+
     /// The key-set a key for [start, end) must go to: the one holding the
     /// unclosed keys it overlaps, or else the appending queue's own. Nil when
     /// a key-set that had to be closed first could not be (no free segment

@@ -1,10 +1,16 @@
 import Glibc
 
 /// Writes dirty data back to the backing device (dm-pcache's
-/// `cache_writeback.c`): strictly in log order, a few key-sets per batch,
-/// with a backing flush before the dirty tail moves past them. The backing
-/// device so only ever holds a prefix of the write history and stays
-/// crash-consistent.
+/// `cache_writeback.c`): in log order, a few key-sets per batch, with a
+/// backing flush before the dirty tail moves past them, so the backing device
+/// and the log after the dirty tail together always hold every acknowledged
+/// write.
+///
+/// Data a newer, already logged write has overwritten is skipped (see
+/// `liveParts`): the newer key lies later in the log, so it is written back
+/// after this one, and replay finds it if power fails first. With
+/// `keepsHistory`, every version is written, as dm-pcache does, and the
+/// backing device on its own always holds a prefix of the write history.
 ///
 /// Runs on its own thread with its own io_uring. A failed write or flush
 /// leaves the dirty tail where it is; the same key-sets are retried after a
@@ -16,11 +22,15 @@ final class Writeback: @unchecked Sendable {
     private unowned(unsafe) let cache: Cache
     private let ring: IOURing
     private var batch: WritebackBatch
+    /// Write every version back, never skipping overwritten data.
+    private let keepsHistory: Bool
 
     // Counters for status; written by the writeback thread only.
     private(set) var keySetsWritten: UInt64 = 0
     private(set) var bytesWritten: UInt64 = 0
     private(set) var writeRequests: UInt64 = 0
+    /// Dirty bytes not written because a newer logged write overwrote them.
+    private(set) var bytesSkipped: UInt64 = 0
     private(set) var failedAttempts: UInt64 = 0
     private(set) var lastError: Int32 = 0
     /// A key-set that cannot be decoded stops writeback for good (the Hardened
@@ -63,6 +73,12 @@ final class Writeback: @unchecked Sendable {
     private let runPieces: UnsafeMutablePointer<iovec>
     private let freeSlots: UnsafeMutablePointer<Int>
     private var freeSlotCount = 0
+    /// The parts of one batch key still to write, [start, end) on the
+    /// backing device (`liveParts`).
+    private let parts: UnsafeMutablePointer<(start: UInt64, end: UInt64)>
+    /// Parts one key is split into at most; past that, the rest of the key
+    /// is written whole (writing overwritten data is only wasted work).
+    static let maxParts = 16
 
     enum StepResult { case clean, progressed, failed }
 
@@ -74,6 +90,8 @@ final class Writeback: @unchecked Sendable {
         slotPieces = .allocate(capacity: Self.maxInFlight * Self.maxPieces)
         runPieces = .allocate(capacity: Self.maxPieces)
         freeSlots = .allocate(capacity: Self.maxInFlight)
+        parts = .allocate(capacity: Self.maxParts)
+        keepsHistory = cache.writebackKeepsHistory
         batch = WritebackBatch(expectedKeys: PCacheLayout.ksetMaxKeys * Self.maxKeySetsPerBatch)
         sourceMode = cache.writebackStagesData ? .bounce
             : cache.backing.isDirect ? .directFromCache : .buffered
@@ -89,6 +107,7 @@ final class Writeback: @unchecked Sendable {
         slotPieces.deallocate()
         runPieces.deallocate()
         freeSlots.deallocate()
+        parts.deallocate()
     }
 
     /// Key-sets gathered into one batch at most: one backing flush then
@@ -102,10 +121,10 @@ final class Writeback: @unchecked Sendable {
     /// dm-pcache flushes the backing device after every key-set. Here a batch
     /// of consecutive key-sets (never across a LAST one) shares one flush: a
     /// later key wins over an earlier one across the whole batch, and the
-    /// dirty tail moves past all of them only after that flush. The backing
-    /// device still only ever holds, at each flush, a prefix of the write
-    /// history — the same guarantee, with fewer flushes and no writes of data
-    /// the same batch overwrites.
+    /// dirty tail moves past all of them only after that flush: fewer flushes,
+    /// and no writes of data the same batch overwrites. With `keepsHistory`
+    /// the backing device so still holds, at each flush, a prefix of the
+    /// write history, as with the kernel's one key-set per flush.
     func step() -> StepResult {
         guard fatalError == nil else { return .clean }
         let start = cache.metadata.dirtyTail
@@ -181,15 +200,23 @@ final class Writeback: @unchecked Sendable {
         var writes = Writes()
         batch.forEach { key in
             guard !key.flags.contains(.clean) else { return }
-            let length = Int(key.length)
-            let source = UnsafeRawPointer(cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset))
-            if sourceMode == .bounce && length <= Self.bounceBytes {
-                stage(&writes, from: source, count: length, offset: key.start)
-            } else {
-                let fd = sourceMode == .directFromCache
-                    ? backing.descriptor(buffer: source, count: length, offset: key.start) : backing.bufferedFD
-                gather(&writes, from: source, count: length, offset: key.start, fd: fd)
+            let keyData = UnsafeRawPointer(cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset))
+            let partCount = liveParts(of: key)
+            var written: UInt64 = 0
+            for i in 0..<partCount {
+                let (start, end) = parts[i]
+                let length = Int(end - start)
+                let source = keyData + Int(start - key.start)
+                written += UInt64(length)
+                if sourceMode == .bounce && length <= Self.bounceBytes {
+                    stage(&writes, from: source, count: length, offset: start)
+                } else {
+                    let fd = sourceMode == .directFromCache
+                        ? backing.descriptor(buffer: source, count: length, offset: start) : backing.bufferedFD
+                    gather(&writes, from: source, count: length, offset: start, fd: fd)
+                }
             }
+            writes.skipped += UInt64(key.length) - written
         }
         endRun(&writes)
         collect(&writes)
@@ -198,7 +225,65 @@ final class Writeback: @unchecked Sendable {
             return writeBatch()
         }
         bytesWritten += writes.bytes
+        if writes.ok { bytesSkipped += writes.skipped }
         return writes.ok
+    }
+
+    /// Splits dirty batch key `key` into the parts to write, in `parts`, and
+    /// returns how many there are (0 when nothing is left).
+    ///
+    /// A part is skipped where the index maps its bytes to other, current
+    /// dirty data whose key is logged. That key was written later (the index
+    /// keeps the newest data, and a read fill only fills holes), so it lies
+    /// later in the log than this one: it is written back after this batch,
+    /// and a replay after a power cut finds it. A newer key still in an open
+    /// key-set could be lost with the power (it was never flushed), so its
+    /// bytes are written like any others. Clean keys and placeholders never
+    /// stand in for dirty data. In any doubt the data is written: a write too
+    /// many only costs time.
+    private func liveParts(of key: Extent) -> Int {
+        guard !keepsHistory else {
+            parts[0] = (key.start, key.end)
+            return 1
+        }
+        let pool = cache.pool, keySets = cache.keySets
+        // Batch keys never cross a stripe (`WritebackBatch.insert`).
+        return cache.index.withShard(CacheIndex.subtree(of: key.start)) { keys in
+            var count = 0
+            var undecided = key.start
+            var cursor = keys.first(endingAfter: key.start)
+            while let entry = keys.key(at: cursor), entry.start < key.end {
+                cursor = keys.next(after: cursor)
+                guard Self.supersedes(entry, key, pool: pool, keySets: keySets) else { continue }
+                let skipFrom = max(entry.start, key.start)
+                if skipFrom > undecided {
+                    // The last part is kept for the rest of the key.
+                    if count == Self.maxParts - 1 { break }
+                    parts[count] = (undecided, skipFrom)
+                    count += 1
+                }
+                undecided = min(entry.end, key.end)
+            }
+            if undecided < key.end {
+                parts[count] = (undecided, key.end)
+                count += 1
+            }
+            return count
+        }
+    }
+
+    /// Whether index key `entry` holds newer, logged data for bytes of
+    /// batch key `key` (see `liveParts`).
+    @inline(__always)
+    static func supersedes(_ entry: Extent, _ key: Extent, pool: SegmentPool, keySets: OpenKeySets) -> Bool {
+        guard !entry.isPlaceholder && !entry.flags.contains(.clean) else { return false }
+        // The same data: the batch key itself, or a piece of it.
+        if entry.segment == key.segment && entry.generation == key.generation
+            && entry.start &- UInt64(entry.segmentOffset) == key.start &- UInt64(key.segmentOffset) {
+            return false
+        }
+        return keySets.isLogged(tag: entry.keySetTag)
+            && pool.isCurrent(segment: entry.segment, keyGeneration: entry.generation)
     }
 
     /// One `writeBatch` call's progress.
@@ -207,6 +292,8 @@ final class Writeback: @unchecked Sendable {
         /// Bytes the backing device took. Counted once the batch is final: a
         /// batch retried through the bounce area writes some of them again.
         var bytes: UInt64 = 0
+        /// Dirty bytes skipped as overwritten by newer logged data.
+        var skipped: UInt64 = 0
         /// A direct write from the pmem mapping was refused.
         var refused = false
         var inFlight = 0

@@ -26,6 +26,70 @@ import Testing
         #expect(h.cache.runWriteback() == false)
     }
 
+    /// Fills one writeback batch: `maxKeySetsPerBatch` key-sets, one 4 KiB
+    /// write each at 1 MiB + i * 8 KiB. Key-sets written after it are in
+    /// the next batch.
+    private func fillOneBatch(_ h: CacheHarness) {
+        for i in 0..<Writeback.maxKeySetsPerBatch {
+            #expect(h.write(UInt64(1 << 20 + i * 8192), pattern(UInt64(500 + i), 4096)) == 4096)
+            #expect(h.flush() == 0)
+        }
+    }
+
+    /// Data a newer write has overwritten is not written back when that write
+    /// is logged: it lies later in the log, so it goes back in a later batch
+    /// (and a replay finds it if power fails first). Only the overwritten
+    /// bytes are skipped; the rest of the key is written.
+    @Test(arguments: [false, true])
+    func overwrittenDataIsSkippedOnceTheNewerKeyIsLogged(keepsHistory: Bool) throws {
+        let h = try CacheHarness()
+        h.configuration.writebackKeepsHistory = keepsHistory
+        try h.restart()
+        let old = pattern(1, 16384), middle = pattern(2, 4096)
+        #expect(h.write(65536, old) == 16384)
+        #expect(h.flush() == 0)
+        fillOneBatch(h)  // the first key-set and 31 more
+        #expect(h.write(65536 + 4096, middle) == 4096)
+        #expect(h.flush() == 0)  // logged, in the next batch
+
+        let requestsBefore = h.cache.writebackRequests
+        #expect(h.cache.runWriteback())
+        let status = h.cache.status()
+        #expect(status.writebackKeySets == UInt64(Writeback.maxKeySetsPerBatch), "one batch")
+        let expected: [UInt8]
+        if keepsHistory {
+            #expect(status.writebackSkippedBytes == 0)
+            expected = old
+        } else {
+            #expect(status.writebackSkippedBytes == 4096)
+            #expect(h.cache.writebackRequests - requestsBefore == UInt64(Writeback.maxKeySetsPerBatch - 1 + 2),
+                    "the old key goes out as two writes around the overwritten part")
+            expected = Array(old[0..<4096]) + [UInt8](repeating: 0, count: 4096) + Array(old[8192...])
+        }
+        #expect(h.backingBytes(65536, 16384) == expected ? true : false, "backing data after the first batch")
+
+        while h.cache.runWriteback() {}
+        #expect(h.cache.status().isClean)
+        #expect(h.backingBytes(65536, 16384) == Array(old[0..<4096]) + middle + Array(old[8192...]) ? true : false,
+                "backing data once clean")
+        #expect(h.read(65536, 16384).1 == Array(old[0..<4096]) + middle + Array(old[8192...]) ? true : false, "read back")
+    }
+
+    /// A newer write whose key is still in an open key-set was never flushed
+    /// and is lost if power fails before its key-set closes. The data it
+    /// overwrote must then be on the backing device, so it is written back.
+    @Test func overwrittenDataIsWrittenWhileTheNewerKeyIsUnlogged() throws {
+        let h = try CacheHarness()
+        let old = pattern(1, 4096), new = pattern(2, 4096)
+        #expect(h.write(65536, old) == 4096)
+        #expect(h.flush() == 0)
+        #expect(h.write(65536, new) == 4096)  // acknowledged, not flushed: its key-set stays open
+        #expect(h.cache.runWriteback())
+        #expect(h.cache.status().writebackSkippedBytes == 0)
+        #expect(h.backingBytes(65536, 4096) == old ? true : false, "the old data is on the backing device")
+        #expect(h.cache.runWriteback() == false, "the open key-set is not written back")
+    }
+
     /// Keys that follow each other on the backing device go out as one write
     /// of at most 1 MiB: staged in the bounce area, or gathered straight from
     /// pmem (sequential writes lie one after the other there too).
