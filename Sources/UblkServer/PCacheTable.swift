@@ -40,23 +40,29 @@ public struct PCacheTableError: Error, Equatable, CustomStringConvertible, Senda
 ///   or regular files; the same device twice is refused; the cache must hold
 ///   at least 512 MiB; the length must equal the backing device's size
 ///   (the kernel does not check it).
+/// And one option of ours, `writeback_history true|false` (so up to 6
+/// option words where the kernel takes 4).
 public struct PCacheTable: Sendable, Equatable {
     public var sectors: UInt64
     public var cacheDevicePath: String
     public var backingDevicePath: String
     public var cacheMode: PCacheCacheMode
     public var dataCRC: Bool
+    /// Write every version back, so the backing device alone always holds a
+    /// prefix of the write history (`CacheConfiguration.writebackKeepsHistory`).
+    public var writebackHistory: Bool
 
     public static let minimumCacheBytes: UInt64 = 512 << 20
     public static let usage = "<start> <length> pcache <cache_dev> <backing_dev> [<#opts> <opt>...]"
 
     public init(sectors: UInt64, cacheDevicePath: String, backingDevicePath: String,
-                cacheMode: PCacheCacheMode = .writeback, dataCRC: Bool = false) {
+                cacheMode: PCacheCacheMode = .writeback, dataCRC: Bool = false, writebackHistory: Bool = false) {
         self.sectors = sectors
         self.cacheDevicePath = cacheDevicePath
         self.backingDevicePath = backingDevicePath
         self.cacheMode = cacheMode
         self.dataCRC = dataCRC
+        self.writebackHistory = writebackHistory
     }
 
     /// Parses and validates a table, looking at the devices (opened read-write
@@ -100,7 +106,7 @@ public struct PCacheTable: Sendable, Equatable {
         var rest = args[2...]
         if let countWord = rest.first {
             rest = rest.dropFirst()
-            guard let count = parseOptionCount(countWord), count <= 4, count <= rest.count else {
+            guard let count = parseOptionCount(countWord), count <= 6, count <= rest.count else {
                 throw PCacheTableError("Invalid number of cache option arguments")
             }
             var group = rest.prefix(count)
@@ -122,6 +128,14 @@ public struct PCacheTable: Sendable, Equatable {
                     case "true": table.dataCRC = true
                     case "false": table.dataCRC = false
                     default: throw PCacheTableError("Invalid data crc parameter", detail: "'\(value)'")
+                    }
+                case "writeback_history":
+                    guard let value = group.first else { throw PCacheTableError("Missing value for writeback_history") }
+                    group = group.dropFirst()
+                    switch value {
+                    case "true": table.writebackHistory = true
+                    case "false": table.writebackHistory = false
+                    default: throw PCacheTableError("Invalid writeback history parameter", detail: "'\(value)'")
                     }
                 default:
                     throw PCacheTableError("Unrecognised cache option requested", detail: "'\(name)'")
@@ -152,9 +166,12 @@ public struct PCacheTable: Sendable, Equatable {
         return table
     }
 
-    /// The table in canonical form (every option spelled out).
+    /// The table in canonical form (every dm-pcache option spelled out, and
+    /// ours when it is not the default, so the default table is the kernel's).
     public var tableString: String {
-        "0 \(sectors) pcache \(cacheDevicePath) \(backingDevicePath) 4 cache_mode \(cacheMode.rawValue) data_crc \(dataCRC)"
+        let options = "cache_mode \(cacheMode.rawValue) data_crc \(dataCRC)"
+        return "0 \(sectors) pcache \(cacheDevicePath) \(backingDevicePath) "
+            + (writebackHistory ? "6 \(options) writeback_history true" : "4 \(options)")
     }
 
     /// The status TABLE line, as dm-pcache prints it after the DM prefix:

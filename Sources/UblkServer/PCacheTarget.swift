@@ -19,6 +19,7 @@ public final class PCacheTarget: UblkTarget {
         self.table = table
         var configuration = CacheConfiguration()
         configuration.dataCRC = table.dataCRC
+        configuration.writebackKeepsHistory = table.writebackHistory
         configuration.logicalBytes = table.sectors << 9
         // One key-set per possible queue: the kernel caps queues at the CPU count.
         configuration.keySetCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
@@ -104,7 +105,8 @@ public final class PCacheTarget: UblkTarget {
             "key_head \(s.keyHead)", "dirty_tail \(s.dirtyTail)", "key_tail \(s.keyTail)",
             "index_extents \(s.indexKeys)", "index_bytes \(s.indexBytes)",
             "writeback_keysets \(s.writebackKeySets)", "writeback_bytes \(s.writebackBytes)",
-            "writeback_requests \(s.writebackRequests)",
+            "writeback_requests \(s.writebackRequests)", "writeback_skipped_bytes \(s.writebackSkippedBytes)",
+            "writeback_history \(s.writebackKeepsHistory)",
             "writeback_failures \(s.writebackFailures)", "writeback_last_error \(s.writebackLastError)",
             "gc_keysets \(s.gcKeySets)", "gc_segments_freed \(s.gcSegmentsFreed)",
         ]

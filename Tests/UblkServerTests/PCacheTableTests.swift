@@ -60,7 +60,9 @@ final class TableFixture {
             ("\(b) 4 cache_mode X", "Invalid number of cache option arguments"),  // dtg case 04
             ("\(b) INVAL", "Invalid number of cache option arguments"),           // dtg case 08
             ("\(b) 100", "Invalid number of cache option arguments"),             // dtg case 08
-            ("\(b) 5 cache_mode writeback data_crc true x", "Invalid number of cache option arguments"),
+            ("\(b) 7 cache_mode writeback data_crc true writeback_history true x", "Invalid number of cache option arguments"),
+            ("\(b) 5 cache_mode writeback data_crc true", "Invalid number of cache option arguments"),
+            ("\(b) 5 cache_mode writeback data_crc true x", "Unrecognised cache option requested"),
             ("\(b) -1", "Invalid number of cache option arguments"),
             ("\(b) 2x cache_mode writeback", "Invalid number of cache option arguments"),
             ("\(b) 2 cache_mode invalid", "Invalid cache mode parameter"),        // dtg case 01
@@ -71,6 +73,8 @@ final class TableFixture {
             ("\(b) 2 data_crc 1", "Invalid data crc parameter"),
             ("\(b) 1 cache_mode", "Missing value for cache_mode"),
             ("\(b) 1 data_crc", "Missing value for data_crc"),
+            ("\(b) 1 writeback_history", "Missing value for writeback_history"),
+            ("\(b) 2 writeback_history yes", "Invalid writeback history parameter"),
             ("\(b) 3 data_crc true cache_mode", "Missing value for cache_mode"),
             ("\(b) 3 cache_mode writeback data_crc", "Missing value for data_crc"),
             ("\(b) 2 foo bar", "Unrecognised cache option requested"),
@@ -125,6 +129,10 @@ final class TableFixture {
         #expect(try PCacheTable.parse("\(b) 4 data_crc true data_crc false").dataCRC == false)  // later wins
         #expect(try PCacheTable.parse("\(b) 0") == plain)
         #expect(try PCacheTable.parse("\(b) +2 data_crc true").dataCRC == true)  // kstrtouint takes '+'
+        #expect(plain.writebackHistory == false)
+        let history = try PCacheTable.parse("\(b) 6 cache_mode writeback data_crc true writeback_history true")
+        #expect(history.writebackHistory && history.dataCRC)
+        #expect(try PCacheTable.parse("\(b) 2 writeback_history false").writebackHistory == false)
         #expect(try PCacheTable.parse("  0\t\(f.backingSectors)  pcache \(f.cache)\t\(f.backing)\n") == plain)
     }
 
@@ -132,6 +140,10 @@ final class TableFixture {
         let t = try PCacheTable.parse("0 2048 pcache /no/cache /no/backing 2 data_crc true", checkDevices: false)
         #expect(t.sectors == 2048 && t.cacheDevicePath == "/no/cache" && t.dataCRC)
         #expect(t.tableString == "0 2048 pcache /no/cache /no/backing 4 cache_mode writeback data_crc true")
+        // Our option appears only when set, so the default table stays the kernel's.
+        let h = try PCacheTable.parse("0 2048 pcache /no/cache /no/backing 2 writeback_history true", checkDevices: false)
+        #expect(h.tableString == "0 2048 pcache /no/cache /no/backing 6 cache_mode writeback data_crc false writeback_history true")
+        #expect(try PCacheTable.parse(h.tableString, checkDevices: false) == h)
         #expect(throws: PCacheTableError("Insufficient args")) {
             try PCacheTable.parse("0 2048 pcache /no/cache", checkDevices: false)
         }
