@@ -20,6 +20,12 @@ final class Writeback: @unchecked Sendable {
     /// thread that drives it before it goes, and a checked reference costs
     /// an atomic retain and release on every use in the loops below.
     private unowned(unsafe) let cache: Cache
+    /// The cache's, looked at for every key by `liveParts`. Held strongly
+    /// here: reached through `cache`, or as unowned references, each use
+    /// cost a retain and release per key.
+    private let index: CacheIndex
+    private let pool: SegmentPool
+    private let keySets: OpenKeySets
     private let ring: IOURing
     private var batch: WritebackBatch
     /// Write every version back, never skipping overwritten data.
@@ -84,6 +90,9 @@ final class Writeback: @unchecked Sendable {
 
     init(cache: Cache) throws {
         self.cache = cache
+        index = cache.index
+        pool = cache.pool
+        keySets = cache.keySets
         ring = try IOURing(entries: UInt32(Self.maxInFlight))
         writeLengths = .allocate(capacity: Self.maxInFlight)
         writeFromMapping = .allocate(capacity: Self.maxInFlight)
@@ -198,9 +207,12 @@ final class Writeback: @unchecked Sendable {
     private func writeBatch() -> Bool {
         let backing = cache.backing
         var writes = Writes()
+        // Once per batch: `memory` is an existential, and reading it per key
+        // cost a retain and release.
+        let base = UnsafeRawPointer(cache.memory.base)
         batch.forEach { key in
             guard !key.flags.contains(.clean) else { return }
-            let keyData = UnsafeRawPointer(cache.memory.base + cache.dataOffset(key.segment, key.segmentOffset))
+            let keyData = base + cache.dataOffset(key.segment, key.segmentOffset)
             let partCount = liveParts(of: key)
             var written: UInt64 = 0
             for i in 0..<partCount {
@@ -246,15 +258,14 @@ final class Writeback: @unchecked Sendable {
             parts[0] = (key.start, key.end)
             return 1
         }
-        let pool = cache.pool, keySets = cache.keySets
         // Batch keys never cross a stripe (`WritebackBatch.insert`).
-        return cache.index.withShard(CacheIndex.subtree(of: key.start)) { keys in
+        return index.withShard(CacheIndex.subtree(of: key.start)) { keys in
             var count = 0
             var undecided = key.start
             var cursor = keys.first(endingAfter: key.start)
             while let entry = keys.key(at: cursor), entry.start < key.end {
                 cursor = keys.next(after: cursor)
-                guard Self.supersedes(entry, key, pool: pool, keySets: keySets) else { continue }
+                guard supersedes(entry, key) else { continue }
                 let skipFrom = max(entry.start, key.start)
                 if skipFrom > undecided {
                     // The last part is kept for the rest of the key.
@@ -275,7 +286,7 @@ final class Writeback: @unchecked Sendable {
     /// Whether index key `entry` holds newer, logged data for bytes of
     /// batch key `key` (see `liveParts`).
     @inline(__always)
-    static func supersedes(_ entry: Extent, _ key: Extent, pool: SegmentPool, keySets: OpenKeySets) -> Bool {
+    private func supersedes(_ entry: Extent, _ key: Extent) -> Bool {
         guard !entry.isPlaceholder && !entry.flags.contains(.clean) else { return false }
         // The same data: the batch key itself, or a piece of it.
         if entry.segment == key.segment && entry.generation == key.generation
