@@ -31,6 +31,9 @@ public struct CacheConfiguration: Sendable {
     /// (a consistent past state, should the cache device be lost). By
     /// default writeback skips data a newer logged write has overwritten.
     public var writebackKeepsHistory = false
+    /// Tests only: starting fails (as a crash would end it) after logging
+    /// this many key-sets left by a crashed server.
+    var failAfterAdoptingKeySets: Int? = nil
     /// Tests only: writeback stages data in its bounce area, as it does when
     /// the pmem mapping refuses direct I/O (device DAX).
     var writebackStagesData = false
@@ -169,7 +172,10 @@ public final class Cache: @unchecked Sendable {
         if var leftover {
             if Self.logEndsAtStash(&leftover, head: outcome.keyHead, reader: reader) {
                 var adopted = 0
-                for keySet in leftover.keySets {
+                for (number, keySet) in leftover.keySets.enumerated() {
+                    if number == configuration.failAfterAdoptingKeySets {
+                        throw CacheError.corruptKeyLog(at: keyLog.currentHead, reason: "test: start cut short")
+                    }
                     var bytes = keySet
                     try bytes.withUnsafeMutableBytes { raw in
                         let buffer = raw.baseAddress!
@@ -219,27 +225,48 @@ public final class Cache: @unchecked Sendable {
     }
 
     /// Whether a stash belongs to the log as replayed: the log must end where
-    /// the stash last saw it end. One exception: the server died after
-    /// writing a key-set but before noting the new end; then the log holds
-    /// exactly one key-set (after a LAST link, maybe) past the stash's end,
-    /// byte for byte one of the stash's own, which is then not logged again.
-    /// Anything else means another server wrote the log since, and the
-    /// stash's keys are older than what it wrote: they are dropped.
+    /// the stash last saw it end, or past it only by key-sets that are, byte
+    /// for byte, the stash's own (after LAST links, maybe), which are then
+    /// not logged again. That happens when a server died after writing a
+    /// key-set but before noting the new end, and when a start died while
+    /// logging the stash of the server before it (the stash is replaced only
+    /// once all of it is logged). Anything else means another server wrote
+    /// the log since, and the stash's keys are older than what it wrote:
+    /// they are dropped.
     private static func logEndsAtStash(
         _ leftover: inout KeySetStash.Leftover, head: CachePosition, reader: KeyLogReader
     ) -> Bool {
-        if leftover.keyHead == head { return true }
         var position = leftover.keyHead
-        guard case var .success(keySet) = reader.keySet(at: position) else { return false }
-        if keySet.isLast, let next = keySet.nextCacheSegID, next < reader.segmentCount {
-            position = CachePosition(cacheSegID: next, segOff: 0)
-            guard case let .success(following) = reader.keySet(at: position) else { return false }
-            keySet = following
+        var matched: [Int] = []
+        // As they are logged: a stash slot is sealed only when its key-set
+        // closes, and a start logs sealed copies of them.
+        let sealed = leftover.keySets.map { keySet in
+            var bytes = keySet
+            bytes.withUnsafeMutableBytes { raw in
+                _ = KeySetEncoding.seal(keyCount: Int(KeySetHeader(decoding: raw.baseAddress!).keyNumOrNext),
+                                        buffer: raw.baseAddress!)
+            }
+            return bytes
         }
-        guard position.advanced(by: keySet.size) == head else { return false }
-        let logged = Array(UnsafeRawBufferPointer(start: keySet.pointer, count: keySet.size))
-        guard let index = leftover.keySets.firstIndex(of: logged) else { return false }
-        leftover.keySets.remove(at: index)
+        // Every step logs one of the stash's key-sets or follows a LAST link
+        // to one: a walk longer than that has left the log.
+        var steps = 2 * leftover.keySets.count + 1
+        while position != head {
+            guard steps > 0, case let .success(keySet) = reader.keySet(at: position) else { return false }
+            steps -= 1
+            if keySet.isLast {
+                guard let next = keySet.nextCacheSegID, next < reader.segmentCount else { return false }
+                position = CachePosition(cacheSegID: next, segOff: 0)
+                continue
+            }
+            let logged = Array(UnsafeRawBufferPointer(start: keySet.pointer, count: keySet.size))
+            guard let index = leftover.keySets.indices.first(where: {
+                !matched.contains($0) && sealed[$0] == logged
+            }) else { return false }
+            matched.append(index)
+            position = position.advanced(by: keySet.size)
+        }
+        for index in matched.sorted(by: >) { leftover.keySets.remove(at: index) }
         return true
     }
 

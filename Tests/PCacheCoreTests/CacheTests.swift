@@ -237,6 +237,28 @@ import Testing
         #expect((h.backingBytes(0, 8192) == expected) == true)
     }
 
+    /// A start that dies while logging a crashed server's key-sets leaves
+    /// the old stash in place and part of it logged; the next start logs
+    /// the rest. (It used to accept at most one logged key-set past the
+    /// stash's key head and dropped the others' keys.)
+    @Test func aStartCutShortWhileLoggingAStashLosesNothing() throws {
+        let h = try CacheHarness(queues: 3, stashOpenKeySets: true)
+        let writes = (0..<3).map { (offset: UInt64($0) << 23, data: pattern(UInt64(40 + $0), 4096)) }
+        for (q, write) in writes.enumerated() { #expect(h.write(write.offset, write.data, queue: q) == 4096) }
+        h.configuration.failAfterAdoptingKeySets = 2
+        #expect(throws: CacheError.self) { try h.crashAndRestart() }
+        h.configuration.failAfterAdoptingKeySets = nil
+        try h.crashAndRestart()
+        #expect(h.cache.adoptedKeys == 1, "the key-set the cut-short start did not log")
+        for write in writes {
+            #expect((h.read(write.offset, 4096).1 == write.data) == true, "data at \(write.offset)")
+        }
+        // All logged now: a power cut keeps them.
+        try h.crashAndRestart()
+        #expect(h.cache.adoptedKeys == 0)
+        for write in writes { #expect((h.read(write.offset, 4096).1 == write.data) == true) }
+    }
+
     @Test func aCleanStopLeavesNothingToAdopt() throws {
         let h = try CacheHarness(stashOpenKeySets: true)
         #expect(h.write(0, pattern(34, 4096)) == 4096)

@@ -125,7 +125,8 @@ final class CacheHarness {
     /// Drops the cache without closing key-sets: what a crash of the server
     /// leaves (pmem holds exactly what was persisted).
     func crashAndRestart() throws {
-        segmentsFreedBeforeRestarts += cache.status().gcSegmentsFreed
+        // (No cache when the last start failed.)
+        segmentsFreedBeforeRestarts += cache?.status().gcSegmentsFreed ?? 0
         queues = []
         cache = nil
         try start(queueCount: ios.count)
