@@ -236,8 +236,11 @@ final class Writeback: @unchecked Sendable {
             sourceMode = .bounce
             return writeBatch()
         }
-        bytesWritten += writes.bytes
-        if writes.ok { bytesSkipped += writes.skipped }
+        // Counted once the batch is written: a failed one is written again.
+        if writes.ok {
+            bytesWritten += writes.bytes
+            bytesSkipped += writes.skipped
+        }
         return writes.ok
     }
 
@@ -301,7 +304,8 @@ final class Writeback: @unchecked Sendable {
     private struct Writes {
         var ok = true
         /// Bytes the backing device took. Counted once the batch is final: a
-        /// batch retried through the bounce area writes some of them again.
+        /// batch retried through the bounce area, or after a failure, writes
+        /// some of them again.
         var bytes: UInt64 = 0
         /// Dirty bytes skipped as overwritten by newer logged data.
         var skipped: UInt64 = 0
