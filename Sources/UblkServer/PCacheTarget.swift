@@ -95,6 +95,10 @@ public final class PCacheTarget: UblkTarget {
         try cache.stop(writeBackAll: flushDirty) { remaining in
             Log.info("writeback: \(remaining >> 10) KiB of key log still dirty")
         }
+        // What this server wrote back in all, for the log it leaves behind.
+        let s = cache.status()
+        Log.info("stopped: writeback wrote \(s.writebackBytes >> 10) KiB in \(s.writebackRequests) requests, "
+            + "skipped \(s.writebackSkippedBytes >> 10) KiB a newer logged write had overwritten")
     }
 
     /// `name value` lines: the counters behind the status line.

@@ -39,6 +39,7 @@ if [ "$mode" = final ]; then
     phase final
     check_eq "no CRC errors on read hits" 0 "$(stat_of 0 crcErrors)"
     must "del --flush" "$B" del -n 0 --flush
+    echo "   note  $(grep -h 'stopped: writeback' $RUN/ublkb0.log | tail -1)"  # shown by the host side
     if ls "$logs"/*.log >/dev/null 2>&1; then
         check "after del --flush the backing device holds the same" \
             python3 "$BLOCKCHECK" verify /dev/vda --logs "$logs"/*.log
