@@ -171,27 +171,37 @@ public final class Cache: @unchecked Sendable {
         // replay and into the log before anything new.
         if var leftover {
             if Self.logEndsAtStash(&leftover, head: outcome.keyHead, reader: reader) {
+                // Every key first: that marks the segments holding their data
+                // used, so logging them cannot take one of those segments for
+                // the key log. (Logging each key-set right after its own keys
+                // could: the data of the key-sets after it was not yet known
+                // to the pool.) A key that fails validation or its data CRC
+                // stops the start before anything is written.
+                var sealed: [(bytes: [UInt8], size: Int, count: Int)] = []
+                for keySet in leftover.keySets {
+                    var bytes = keySet
+                    let (size, count) = try bytes.withUnsafeMutableBytes { raw in
+                        let buffer = raw.baseAddress!
+                        let count = Int(KeySetHeader(decoding: buffer).keyNumOrNext)
+                        for i in 0..<count {
+                            let key = KeyOnMedia(decoding: buffer + KeySetHeader.encodedSize + i * KeyOnMedia.encodedSize)
+                            _ = try replay.insert(key, index: i, at: keyLog.currentHead)
+                        }
+                        return (KeySetEncoding.seal(keyCount: count, buffer: buffer), count)
+                    }
+                    sealed.append((bytes, size, count))
+                }
                 var adopted = 0
-                for (number, keySet) in leftover.keySets.enumerated() {
+                for (number, (bytes, size, count)) in sealed.enumerated() {
                     if number == configuration.failAfterAdoptingKeySets {
                         throw CacheError.corruptKeyLog(at: keyLog.currentHead, reason: "test: start cut short")
                     }
-                    var bytes = keySet
-                    try bytes.withUnsafeMutableBytes { raw in
-                        let buffer = raw.baseAddress!
-                        let count = KeySetHeader(decoding: buffer).keyNumOrNext
-                        let at = keyLog.currentHead
-                        for i in 0..<Int(count) {
-                            let key = KeyOnMedia(decoding: buffer + KeySetHeader.encodedSize + i * KeyOnMedia.encodedSize)
-                            _ = try replay.insert(key, index: i, at: at)
-                        }
-                        let size = KeySetEncoding.seal(keyCount: Int(count), buffer: buffer)
-                        guard keyLog.write(keySet: buffer, size: size) else {
-                            throw CacheError.corruptKeyLog(
-                                at: at, reason: "no free segment to log \(count) keys left by the previous server")
-                        }
-                        adopted += Int(count)
+                    let at = keyLog.currentHead
+                    guard bytes.withUnsafeBytes({ keyLog.write(keySet: $0.baseAddress!, size: size) }) else {
+                        throw CacheError.corruptKeyLog(
+                            at: at, reason: "no free segment to log \(count) keys left by the previous server")
                     }
+                    adopted += count
                 }
                 adoptedKeys = adopted
             } else {
