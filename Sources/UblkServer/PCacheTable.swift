@@ -122,21 +122,10 @@ public struct PCacheTable: Sendable, Equatable {
                     }
                     table.cacheMode = mode
                 case "data_crc":
-                    guard let value = group.first else { throw PCacheTableError("Missing value for data_crc") }
-                    group = group.dropFirst()
-                    switch value {
-                    case "true": table.dataCRC = true
-                    case "false": table.dataCRC = false
-                    default: throw PCacheTableError("Invalid data crc parameter", detail: "'\(value)'")
-                    }
+                    table.dataCRC = try Self.booleanValue(of: name, in: &group, invalid: "Invalid data crc parameter")
                 case "writeback_history":
-                    guard let value = group.first else { throw PCacheTableError("Missing value for writeback_history") }
-                    group = group.dropFirst()
-                    switch value {
-                    case "true": table.writebackHistory = true
-                    case "false": table.writebackHistory = false
-                    default: throw PCacheTableError("Invalid writeback history parameter", detail: "'\(value)'")
-                    }
+                    table.writebackHistory = try Self.booleanValue(
+                        of: name, in: &group, invalid: "Invalid writeback history parameter")
                 default:
                     throw PCacheTableError("Unrecognised cache option requested", detail: "'\(name)'")
                 }
@@ -193,6 +182,20 @@ public struct PCacheTable: Sendable, Equatable {
         let kind = st.st_mode & S_IFMT
         guard kind == S_IFBLK || kind == S_IFCHR else { return path }
         return "\(pcs_major(UInt64(st.st_rdev))):\(pcs_minor(UInt64(st.st_rdev)))"
+    }
+
+    /// Takes the value of a `true|false` option from the front of `group`:
+    /// exactly `true` or `false`, as the kernel's strcmp takes them.
+    private static func booleanValue(
+        of option: String, in group: inout ArraySlice<String>, invalid: String
+    ) throws(PCacheTableError) -> Bool {
+        guard let value = group.first else { throw PCacheTableError("Missing value for \(option)") }
+        group = group.dropFirst()
+        switch value {
+        case "true": return true
+        case "false": return false
+        default: throw PCacheTableError(invalid, detail: "'\(value)'")
+        }
     }
 
     /// Digits only (no sign, no spaces), fitting in 64 bits.
