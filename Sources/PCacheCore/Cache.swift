@@ -177,27 +177,27 @@ public final class Cache: @unchecked Sendable {
                 // could: the data of the key-sets after it was not yet known
                 // to the pool.) A key that fails validation or its data CRC
                 // stops the start before anything is written.
-                var sealed: [(bytes: [UInt8], size: Int, count: Int)] = []
+                var counts: [Int] = []
                 for keySet in leftover.keySets {
-                    var bytes = keySet
-                    let (size, count) = try bytes.withUnsafeMutableBytes { raw in
+                    let count = try keySet.withUnsafeBytes { raw in
                         let buffer = raw.baseAddress!
                         let count = Int(KeySetHeader(decoding: buffer).keyNumOrNext)
                         for i in 0..<count {
                             let key = KeyOnMedia(decoding: buffer + KeySetHeader.encodedSize + i * KeyOnMedia.encodedSize)
                             _ = try replay.insert(key, index: i, at: keyLog.currentHead)
                         }
-                        return (KeySetEncoding.seal(keyCount: count, buffer: buffer), count)
+                        return count
                     }
-                    sealed.append((bytes, size, count))
+                    counts.append(count)
                 }
                 var adopted = 0
-                for (number, (bytes, size, count)) in sealed.enumerated() {
+                for (number, (keySet, count)) in zip(leftover.keySets, counts).enumerated() {
                     if number == configuration.failAfterAdoptingKeySets {
                         throw CacheError.corruptKeyLog(at: keyLog.currentHead, reason: "test: start cut short")
                     }
                     let at = keyLog.currentHead
-                    guard bytes.withUnsafeBytes({ keyLog.write(keySet: $0.baseAddress!, size: size) }) else {
+                    // Sealed already (`KeySetStash.Leftover`).
+                    guard keySet.withUnsafeBytes({ keyLog.write(keySet: $0.baseAddress!, size: $0.count) }) else {
                         throw CacheError.corruptKeyLog(
                             at: at, reason: "no free segment to log \(count) keys left by the previous server")
                     }
@@ -248,16 +248,6 @@ public final class Cache: @unchecked Sendable {
     ) -> Bool {
         var position = leftover.keyHead
         var matched: [Int] = []
-        // As they are logged: a stash slot is sealed only when its key-set
-        // closes, and a start logs sealed copies of them.
-        let sealed = leftover.keySets.map { keySet in
-            var bytes = keySet
-            bytes.withUnsafeMutableBytes { raw in
-                _ = KeySetEncoding.seal(keyCount: Int(KeySetHeader(decoding: raw.baseAddress!).keyNumOrNext),
-                                        buffer: raw.baseAddress!)
-            }
-            return bytes
-        }
         // Every step logs one of the stash's key-sets or follows a LAST link
         // to one: a walk longer than that has left the log.
         var steps = 2 * leftover.keySets.count + 1
@@ -271,7 +261,7 @@ public final class Cache: @unchecked Sendable {
             }
             let logged = Array(UnsafeRawBufferPointer(start: keySet.pointer, count: keySet.size))
             guard let index = leftover.keySets.indices.first(where: {
-                !matched.contains($0) && sealed[$0] == logged
+                !matched.contains($0) && leftover.keySets[$0] == logged
             }) else { return false }
             matched.append(index)
             position = position.advanced(by: keySet.size)

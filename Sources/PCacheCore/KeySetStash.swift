@@ -45,7 +45,8 @@ public final class KeySetStash: @unchecked Sendable {
 
     /// Keys a previous server left in its open key-sets.
     public struct Leftover: Sendable {
-        /// Each non-empty slot: its key count and its keys, encoded as on media.
+        /// Each non-empty slot's key-set, sealed (header, magic, CRC) as it
+        /// is logged: a slot is sealed only when its key-set closes.
         public var keySets: [[UInt8]]
         public var keyHead: CachePosition
         public var keyCount: Int { keySets.reduce(0) { $0 + (Int(($1[4...7]).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })) } }
@@ -83,7 +84,9 @@ public final class KeySetStash: @unchecked Sendable {
                 let count = Int(load(offset + 4, UInt32.self))
                 guard count > 0 else { continue }
                 guard count <= PCacheLayout.ksetMaxKeys else { return nil }
-                keySets.append(Array(raw[offset..<(offset + KeySetCodec.size(keyCount: count))]))
+                var keySet = Array(raw[offset..<(offset + KeySetCodec.size(keyCount: count))])
+                keySet.withUnsafeMutableBytes { _ = KeySetEncoding.seal(keyCount: count, buffer: $0.baseAddress!) }
+                keySets.append(keySet)
             }
             return Leftover(keySets: keySets, keyHead: head)
         }
