@@ -43,19 +43,25 @@ struct Result {
 /// The threads start together: each one allocates and faults in its latency
 /// buffer, then waits at a start line, so thread creation and page faults
 /// are outside the timed window. With short rounds (a few ms when `limit`
-/// stops them) they would otherwise be a large share of it. The window runs
-/// from the start signal to the last thread's end. `round` varies the
-/// random seeds, so successive rounds write new blocks.
+/// stops them) they would otherwise be a large share of it. The start line
+/// is a barrier the threads sleep on, not a flag they spin on: with as many
+/// spinning threads as CPUs, a thread queued behind another's spin waited
+/// for the next scheduler tick (4 ms, 40% of a 2-thread write round) while
+/// a CPU stood idle, and the round measured one thread alone for that long.
+/// The window runs from the first thread's start to the last thread's end.
+/// `round` varies the random seeds, so successive rounds write new blocks.
 func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
-    final class Box: @unchecked Sendable { var result = Result(); var end: UInt64 = 0 }
+    final class Box: @unchecked Sendable { var result = Result(); var begin: UInt64 = 0; var end: UInt64 = 0 }
     let boxes = (0..<threads).map { _ in Box() }
     let operations = (0..<threads).map { makeOperation($0) }
     let deadline = UInt64(seconds * 1e9)
     let capacity = min(limit, 4_000_000)
-    // ready: threads at the start line; go: set to 1 by this thread.
-    let flags = UnsafeMutablePointer<UInt32>.allocate(capacity: 2)
-    flags.initialize(repeating: 0, count: 2)
-    defer { flags.deallocate() }
+    let startLine = UnsafeMutablePointer<pthread_barrier_t>.allocate(capacity: 1)
+    pthread_barrier_init(startLine, nil, UInt32(threads))
+    defer {
+        pthread_barrier_destroy(startLine)
+        startLine.deallocate()
+    }
     var workers: [OSThread] = []
     for t in 0..<threads {
         let box = boxes[t]
@@ -64,8 +70,7 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
             var rng = SeededRandom(seed: UInt64(t + 1) * 7919 &+ UInt64(round) &* 1_000_003)
             var latencies = [UInt32](repeating: 0, count: capacity)
             latencies.removeAll(keepingCapacity: true)
-            _ = pcs_atomic_add_u32(flags, 1)
-            while pcs_atomic_load_u32(flags + 1) == 0 {}
+            pthread_barrier_wait(startLine)
             let begin = monotonicNanoseconds()
             var now = begin
             while now - begin < deadline && latencies.count < limit {
@@ -74,17 +79,15 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
                 latencies.append(UInt32(min(after - now, UInt64(UInt32.max))))
                 now = after
             }
+            box.begin = begin
             box.end = now
             box.result = Result(operations: latencies.count, latencies: latencies)
         }
         try! thread.start()
         workers.append(thread)
     }
-    while pcs_atomic_load_u32(flags) < UInt32(threads) { sched_yield() }
-    let start = monotonicNanoseconds()
-    pcs_atomic_store_u32(flags + 1, 1)
     for w in workers { w.join() }
-    let elapsed = Double(boxes.map(\.end).max()! - start) / 1e9
+    let elapsed = Double(boxes.map(\.end).max()! - boxes.map(\.begin).min()!) / 1e9
     var all = boxes.flatMap { $0.result.latencies }
     all.sort()
     func percentile(_ p: Double) -> Double {
