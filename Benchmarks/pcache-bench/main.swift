@@ -48,6 +48,8 @@ struct Result {
 /// spinning threads as CPUs, a thread queued behind another's spin waited
 /// for the next scheduler tick (4 ms, 40% of a 2-thread write round) while
 /// a CPU stood idle, and the round measured one thread alone for that long.
+/// Each thread is also pinned to a CPU of its own, so that where the
+/// scheduler wakes it is not part of the figure.
 /// The window runs from the first thread's start to the last thread's end.
 /// `round` varies the random seeds, so successive rounds write new blocks.
 func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
@@ -67,6 +69,7 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
         let box = boxes[t]
         let operation = operations[t]
         let thread = OSThread(name: "bench-\(t)") {
+            _ = pcs_pin_thread_to_cpu(Int32(t % onlineCPUs))
             var rng = SeededRandom(seed: UInt64(t + 1) * 7919 &+ UInt64(round) &* 1_000_003)
             var latencies = [UInt32](repeating: 0, count: capacity)
             latencies.removeAll(keepingCapacity: true)
@@ -97,6 +100,8 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
 }
 
 typealias SeededRandom = SplitMix64
+
+let onlineCPUs = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
 
 extension SplitMix64 {
     mutating func block(in bytes: Int) -> UInt64 { (next() % UInt64(bytes / blockSize)) * UInt64(blockSize) }

@@ -54,6 +54,13 @@ void pcs_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), truncated);
 }
 
+int pcs_pin_thread_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set) == 0 ? 0 : -errno;
+}
+
 int pcs_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0 ? 0 : -errno; }
 
 int pcs_punch_hole(int fd, uint64_t offset, uint64_t length) {
