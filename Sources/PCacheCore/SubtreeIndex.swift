@@ -1,3 +1,5 @@
+import CSupport
+
 /// The keys of one 4 MiB stripe of the backing device, sorted by offset and
 /// never overlapping (dm-pcache's per-subtree red-black tree).
 ///
@@ -74,6 +76,9 @@ public struct SubtreeIndex {
         guard low < leafCount else { return endCursor }
         let keys = directory[low].keys
         var slotLow = 0, slotHigh = directory[low].count
+        // The binary search below would miss on up to five lines of a cold
+        // leaf, one after another; asked for at once, the misses overlap.
+        pcs_prefetch_range(keys, slotHigh * MemoryLayout<Extent>.stride)
         while slotLow < slotHigh {
             let mid = (slotLow + slotHigh) >> 1
             if keys[mid].end <= offset { slotLow = mid + 1 } else { slotHigh = mid }

@@ -61,6 +61,11 @@ static inline uint64_t pcs_atomic_add_u64(uint64_t *p, uint64_t v) { return __at
 static inline void pcs_single_writer_add_u64(uint64_t *p, uint64_t v) {
     __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
 }
+// Starts loading the cache lines of [p, p + bytes) for reading, without
+// waiting: several misses then overlap instead of following one another.
+static inline void pcs_prefetch_range(const void *p, size_t bytes) {
+    for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch((const char *)p + at, 0, 3);
+}
 // Orders the loads before it against the loads after it (seqlock readers).
 static inline void pcs_load_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 
