@@ -143,6 +143,14 @@ public struct SubtreeIndex {
     /// overlapped keys first (`OpenKeySets.keySet`), searches only once.
     public mutating func insert(_ key: Extent, at cursor: Cursor) {
         if let next = self.key(at: cursor), next.start < key.end {
+            if next.start == key.start && next.length == key.length {
+                // A rewrite of exactly one cached key, the common overwrite:
+                // the new key takes its slot. The range is the same, so the
+                // order, the leaf's last end and the count all stay as they
+                // are, and no keys move.
+                directory[cursor.leaf].keys[cursor.slot] = key
+                return
+            }
             removeRange(start: key.start, end: key.end)
             place(key, at: first(endingAfter: key.start))
         } else {

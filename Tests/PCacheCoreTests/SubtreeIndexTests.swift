@@ -210,6 +210,42 @@ import Testing
         #expect(mostLeaves > 20, "the workload must spread over many leaves")
     }
 
+    /// Block-aligned writes over a few blocks: most inserts rewrite exactly
+    /// one cached key (replaced in its slot), the rest cut, split or cover.
+    @Test func exactRewritesMatchASortedArray() {
+        var rng = SeededGenerator(seed: 11)
+        var index = SubtreeIndex()
+        defer { index.deallocate() }
+        var reference = ReferenceIndex()
+        let blocks: UInt64 = 96  // 8 sectors each: spans three leaves when full
+        var exactRewrites = 0
+        for serial in 1...20_000 {
+            let start = UInt64.random(in: 0..<blocks, using: &rng)
+            let length = rng.next() % 8 == 0 ? min(UInt64.random(in: 1...3, using: &rng), blocks - start) : 1
+            let bytes = UInt32(length * 8 * Self.sector)
+            let key = rng.next() % 10 == 0
+                ? Extent.placeholder(start: start * 8 * Self.sector, length: bytes, token: UInt32(serial))
+                : Extent(start: start * 8 * Self.sector, length: bytes,
+                         segment: UInt32(serial), segmentOffset: UInt32(serial % 1000) * 4096)
+            if let old = index.key(at: index.first(endingAfter: key.start)),
+               old.start == key.start && old.length == key.length {
+                exactRewrites += 1
+            }
+            index.insert(key)
+            reference.insert(key)
+            if let problem = index.structuralProblem() {
+                Issue.record("after insert \(serial): \(problem)")
+                return
+            }
+            if index.allKeys != reference.keys {
+                Issue.record("after insert \(serial): the index differs from the sorted array")
+                return
+            }
+        }
+        #expect(exactRewrites > 10_000, "the workload must mostly rewrite cached keys exactly")
+        #expect(index.leavesInUse >= 3)
+    }
+
     @Test func walkingWithCursorsVisitsEveryKeyInOrder() {
         var index = SubtreeIndex()
         defer { index.deallocate() }
