@@ -10,6 +10,7 @@
 import CSupport
 import Glibc
 import PCacheCore
+import Synchronization
 
 let seconds = Double(getenv("PCACHE_BENCH_SECONDS").map { String(cString: $0) } ?? "") ?? 3
 let cacheBytes = (Int(getenv("PCACHE_BENCH_CACHE_MIB").map { String(cString: $0) } ?? "") ?? 4088) << 20
@@ -48,8 +49,9 @@ struct Result {
 /// spinning threads as CPUs, a thread queued behind another's spin waited
 /// for the next scheduler tick (4 ms, 40% of a 2-thread write round) while
 /// a CPU stood idle, and the round measured one thread alone for that long.
-/// Each thread is also pinned to a CPU of its own, so that where the
-/// scheduler wakes it is not part of the figure.
+/// Each thread is also pinned to a CPU of its own (the t-th of those the
+/// process may use), so that where the scheduler wakes it is not part of
+/// the figure.
 /// The window runs from the first thread's start to the last thread's end.
 /// `round` varies the random seeds, so successive rounds write new blocks.
 func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
@@ -69,7 +71,8 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
         let box = boxes[t]
         let operation = operations[t]
         let thread = OSThread(name: "bench-\(t)") {
-            _ = pcs_pin_thread_to_cpu(Int32(t % onlineCPUs))
+            let pinned = pcs_pin_thread_to_allowed_cpu(Int32(t))
+            if pinned < 0 { pinningFailed(errno: -pinned) }
             var rng = SeededRandom(seed: UInt64(t + 1) * 7919 &+ UInt64(round) &* 1_000_003)
             var latencies = [UInt32](repeating: 0, count: capacity)
             latencies.removeAll(keepingCapacity: true)
@@ -101,7 +104,14 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
 
 typealias SeededRandom = SplitMix64
 
-let onlineCPUs = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+/// Says once that a measuring thread could not be pinned (the figures then
+/// include where the scheduler put it).
+func pinningFailed(errno: Int32) {
+    if pinningWarnings.add(1, ordering: .relaxed).newValue == 1 {
+        print("pcache-bench: warning: a measuring thread runs unpinned: \(String(cString: strerror(errno)))")
+    }
+}
+let pinningWarnings = Atomic<Int>(0)
 
 extension SplitMix64 {
     mutating func block(in bytes: Int) -> UInt64 { (next() % UInt64(bytes / blockSize)) * UInt64(blockSize) }

@@ -54,11 +54,20 @@ void pcs_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), truncated);
 }
 
-int pcs_pin_thread_to_cpu(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof set, &set) == 0 ? 0 : -errno;
+int pcs_pin_thread_to_allowed_cpu(int n) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -errno;
+    int count = CPU_COUNT(&allowed);
+    if (count == 0) return -EINVAL;
+    int wanted = n % count;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed) || wanted-- > 0) continue;
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        return sched_setaffinity(0, sizeof one, &one) == 0 ? cpu : -errno;
+    }
+    return -EINVAL;
 }
 
 int pcs_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0 ? 0 : -errno; }

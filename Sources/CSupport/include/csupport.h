@@ -30,8 +30,10 @@ int pcs_block_logical_size(int fd, uint32_t *size);
 int pcs_file_direct_io_alignment(int fd, uint32_t *offset_align, uint32_t *memory_align);
 // Names the calling thread (at most 15 characters are kept).
 void pcs_set_thread_name(const char *name);
-// Runs the calling thread on CPU `cpu` only. 0 or -errno.
-int pcs_pin_thread_to_cpu(int cpu);
+// Runs the calling thread on one CPU only: the `n`-th (modulo their count)
+// of the CPUs it may run on now, so a taskset or cpuset is respected.
+// The CPU's number, or -errno.
+int pcs_pin_thread_to_allowed_cpu(int n);
 // PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse
 // into writeback of the device it serves. 0 or -errno.
 int pcs_set_io_flusher(void);
