@@ -142,6 +142,7 @@ public struct SubtreeIndex {
     /// and has not edited the index since: the write path, which looks at the
     /// overlapped keys first (`OpenKeySets.keySet`), searches only once.
     public mutating func insert(_ key: Extent, at cursor: Cursor) {
+        assert(cursor == first(endingAfter: key.start), "insert(_:at:) needs a cursor from first(endingAfter:) of this key")
         if let next = self.key(at: cursor), next.start < key.end {
             if next.start == key.start && next.length == key.length {
                 // A rewrite of exactly one cached key, the common overwrite:
