@@ -65,8 +65,8 @@ final class CacheHarness {
          keyLogStartsBeforeSegmentEnd: Int? = nil, stashOpenKeySets: Bool = false,
          events: (@Sendable (String) -> Void)? = nil) throws {
         var template = Array("/dev/shm/pcache-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw SystemError.last("mkdtemp") }
-        directory = String(cString: made)
+        guard mkdtemp(&template) != nil else { throw SystemError.last("mkdtemp") }
+        directory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         cachePath = directory + "/cache"
         backingPath = directory + "/backing"
         cacheBytes = cacheMiB << 20
