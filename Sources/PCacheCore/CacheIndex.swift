@@ -32,6 +32,14 @@ final class CacheIndex: @unchecked Sendable {
     @inline(__always)
     static func subtree(of offset: UInt64) -> Int { Int(offset >> UInt64(PCacheLayout.subtreeShift)) }
 
+    /// Starts loading stripe `index`'s lock and header line. A write asks
+    /// for it before its data copy, so the miss is served while the copy
+    /// runs instead of after it.
+    @inline(__always)
+    func prefetch(_ index: Int) {
+        pcs_prefetch_for_write(shards + index)
+    }
+
     /// Runs `body` with subtree `index` locked.
     @inline(__always)
     func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex) throws -> R) rethrows -> R {

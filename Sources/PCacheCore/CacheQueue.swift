@@ -231,6 +231,7 @@ public final class CacheQueue {
             let toStripeEnd = UInt32(PCacheLayout.subtreeSize - Int(offset & UInt64(PCacheLayout.subtreeMask)))
             var want = min(r.pointee.length - r.pointee.cursor, toStripeEnd)
             if zeroes { want = min(want, UInt32(Cache.zeroBufferSize)) }
+            cache.index.prefetch(subtree)
             guard let space = head.pointee.allocate(want, pool: cache.pool) else {
                 return deferRequest(tag)
             }
