@@ -21,6 +21,10 @@ let hotBytes = 64 << 20
 let writeSpanBytes = min((Int(getenv("PCACHE_BENCH_WRITE_SPAN_MIB").map { String(cString: $0) } ?? "") ?? 0) << 20, backingBytes)
     .nonZero ?? backingBytes
 extension Int { var nonZero: Int? { self == 0 ? nil : self } }
+/// PCACHE_BENCH_DISJOINT_HALVES=1: in the write-path cells, thread t writes
+/// only the t-th half of the span, so no stripe (no index line) is written by
+/// both threads. A diagnostic: it shows what sharing the index costs.
+let disjointHalves = getenv("PCACHE_BENCH_DISJOINT_HALVES") != nil
 let blockSize = 4096
 let directory = "/dev/shm/pcache-bench-\(getpid())"
 /// Where the cache file goes when a tmpfs with 2 MiB pages could be mounted.
@@ -253,6 +257,7 @@ print(hugePages
       : "cache file in /dev/shm with 4 KiB pages (no private tmpfs with 2 MiB pages: needs CAP_SYS_ADMIN); "
         + "real pmem is mapped with 2 MiB pages, so the write-path ratios below are pessimistic")
 print("CRC-32C: \(CRC32C.isHardwareAccelerated ? "SSE4.2" : "portable")")
+if disjointHalves { print("PCACHE_BENCH_DISJOINT_HALVES: each write-path thread writes only its own half of the span") }
 print("")
 
 func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
@@ -326,6 +331,11 @@ do {
                 measure(threads: threads, seconds: seconds / Double(rounds), limit: budget / threads,
                         round: round * threadCounts.count + threads) { t in
                     let worker = workers[t]
+                    if disjointHalves {
+                        let half = writeSpanBytes / 2
+                        let base = UInt64(t * half)
+                        return { rng in worker.write(base + rng.block(in: half)) }
+                    }
                     return { rng in worker.write(rng.block(in: writeSpanBytes)) }
                 })
         }
