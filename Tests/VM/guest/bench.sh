@@ -19,15 +19,40 @@ results=$VM_OUT/bench-vm.jsonl
 : >"$results"
 backing_sectors=$(blockdev --getsz /dev/vda)
 
+# CPU time, in clock ticks, for the cost-per-I/O columns: all CPUs busy
+# (user, nice, system, irq, softirq), and our server's threads by kind.
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+server_ticks() { # prints "queues writeback gc other"
+    local comm pid t name ticks q=0 wb=0 gc=0 other=0
+    comm=$(basename "$PCACHE_BIN" | cut -c1-15)
+    for pid in $(pgrep -x "$comm"); do
+        for t in /proc/"$pid"/task/*; do
+            name=$(cat "$t/comm" 2>/dev/null) || continue
+            ticks=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) || continue
+            case "$name" in
+                ublk*q*) q=$((q + ticks)) ;;
+                pcache-wb) wb=$((wb + ticks)) ;;
+                pcache-gc) gc=$((gc + ticks)) ;;
+                *) other=$((other + ticks)) ;;
+            esac
+        done
+    done
+    echo "$q $wb $gc $other"
+}
+
 # fio_cell TARGET DEVICE RW QD JOBS: one fio run, one JSON line of results.
 fio_cell() {
     local target=$1 dev=$2 rw=$3 qd=$4 jobs=$5 out=/tmp/fio-cell.json
+    local busy0 busy1 server0 server1 t0 t1
+    busy0=$(busy_ticks) server0=$(server_ticks) t0=$(date +%s%N)
     fio --name=cell --filename="$dev" --rw="$rw" --bs=4k --size="$size" --iodepth="$qd" \
         --numjobs="$jobs" --group_reporting --ioengine=io_uring --direct=1 --runtime="$runtime" \
         --time_based --ramp_time=1 --randrepeat=0 --output-format=json >"$out" 2>/dev/null
-    python3 - "$target" "$rw" "$qd" "$jobs" "$out" >>"$results" <<'PY'
+    busy1=$(busy_ticks) server1=$(server_ticks) t1=$(date +%s%N)
+    python3 - "$target" "$rw" "$qd" "$jobs" "$out" "$((t1 - t0))" "$((busy1 - busy0))" \
+        "$server0" "$server1" "$(getconf CLK_TCK)" >>"$results" <<'PY'
 import json, sys
-target, rw, qd, jobs, path = sys.argv[1:6]
+target, rw, qd, jobs, path, wall_ns, busy, server0, server1, hz = sys.argv[1:11]
 try:
     job = json.load(open(path))["jobs"][0]
 except Exception:
@@ -35,9 +60,14 @@ except Exception:
     sys.exit(0)
 side = job["write" if "write" in rw else "read"]
 pct = side.get("clat_ns", {}).get("percentile", {})
+# CPU per I/O: CPU seconds per wall second (ramp included, as the counters
+# run over all of fio) over the measured rate.
+per_io = lambda ticks: ticks / int(hz) / (int(wall_ns) / 1e9) / side["iops"] * 1e6 if side["iops"] else 0
+server = [per_io(b - a) for a, b in zip(map(int, server0.split()), map(int, server1.split()))]
 print(json.dumps({"target": target, "rw": rw, "qd": int(qd), "jobs": int(jobs), "iops": side["iops"],
                   "p50_us": pct.get("50.000000", 0) / 1000, "p99_us": pct.get("99.000000", 0) / 1000,
-                  "errors": job.get("error", 0)}))
+                  "errors": job.get("error", 0), "cpu_us_per_io": per_io(int(busy)),
+                  "server_us_per_io": dict(zip(["queues", "writeback", "gc", "other"], server))}))
 PY
 }
 
@@ -129,6 +159,26 @@ for rw in ["randwrite", "randread"]:
             for other in ["dm-writecache", "null-target", "pmem"]:
                 b = vals.get(other)
                 line += f" {a / b:5.2f} " if a and b else "    - "
+            print(line)
+print()
+print("CPU time per I/O in µs, all vCPUs together (fio, kernel and servers); for pcache-ublk and the null")
+print("target also our server's share: queue threads + writeback + GC. With both vCPUs busy, IOPS follow it.")
+print()
+print(f"{'workload':<22}{'pcache-ublk':>34}{'dm-writecache':>16}{'null-target':>24}")
+for rw in ["randwrite", "randread"]:
+    for jobs in [1, 2]:
+        for qd in [1, 32]:
+            line = f"{rw} qd{qd} j{jobs}".ljust(22)
+            for t, width in [("pcache-ublk", 34), ("dm-writecache", 16), ("null-target", 24)]:
+                r = cell.get((t, rw, qd, jobs))
+                if not r or r.get("error") or "cpu_us_per_io" not in r:
+                    line += f"{'-':>{width}}"
+                    continue
+                text = f"{r['cpu_us_per_io']:.1f}"
+                if t != "dm-writecache":
+                    s = r["server_us_per_io"]
+                    text += f" ({s['queues']:.1f}" + (f" + {s['writeback']:.1f} + {s['gc']:.1f}" if t == "pcache-ublk" else "") + ")"
+                line += f"{text:>{width}}"
             print(line)
 print()
 print("targets: (a) pcache-ublk, (b) dm-writecache (pmem mode), (c) pcache-ublk null target, (d) bare disk, (e) raw pmem")
