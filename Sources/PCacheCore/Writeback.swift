@@ -79,7 +79,7 @@ final class Writeback: @unchecked Sendable {
     private let runPieces: UnsafeMutablePointer<iovec>
     private let freeSlots: UnsafeMutablePointer<Int>
     private var freeSlotCount = 0
-    /// The parts of one batch key still to write, [start, end) on the
+    /// The parts of one logged key still to write, [start, end) on the
     /// backing device (`liveParts`).
     private let parts: UnsafeMutablePointer<(start: UInt64, end: UInt64)>
     /// Parts one key is split into at most; past that, the rest of the key
@@ -143,6 +143,7 @@ final class Writeback: @unchecked Sendable {
         batch.removeAll()
         var position = start
         var gathered = 0
+        var skipped: UInt64 = 0
         while gathered < Self.maxKeySetsPerBatch && position != head {
             guard case .success(let keySet) = cache.reader.keySet(at: position) else {
                 if gathered == 0 { return .clean }
@@ -178,7 +179,7 @@ final class Writeback: @unchecked Sendable {
             }
             for i in 0..<keySet.keyCount {
                 let key = keySet.key(at: i)
-                batch.insert(Extent(
+                skipped += addToBatch(Extent(
                     start: key.off, length: key.len, flags: key.isClean ? .clean : [],
                     segment: key.cacheSegID, segmentOffset: key.cacheSegOff, generation: key.segGen))
             }
@@ -189,6 +190,7 @@ final class Writeback: @unchecked Sendable {
         if writeBatch() && flushBacking() {
             cache.metadata.persistDirtyTail(position)
             keySetsWritten += UInt64(gathered)
+            bytesSkipped += skipped
             return .progressed
         }
         failedAttempts += 1
@@ -212,23 +214,15 @@ final class Writeback: @unchecked Sendable {
         let base = UnsafeRawPointer(cache.memory.base)
         batch.forEach { key in
             guard !key.flags.contains(.clean) else { return }
-            let keyData = base + cache.dataOffset(key.segment, key.segmentOffset)
-            let partCount = liveParts(of: key)
-            var written: UInt64 = 0
-            for i in 0..<partCount {
-                let (start, end) = parts[i]
-                let length = Int(end - start)
-                let source = keyData + Int(start - key.start)
-                written += UInt64(length)
-                if sourceMode == .bounce && length <= Self.bounceBytes {
-                    stage(&writes, from: source, count: length, offset: start)
-                } else {
-                    let fd = sourceMode == .directFromCache
-                        ? backing.descriptor(buffer: source, count: length, offset: start) : backing.bufferedFD
-                    gather(&writes, from: source, count: length, offset: start, fd: fd)
-                }
+            let source = base + cache.dataOffset(key.segment, key.segmentOffset)
+            let length = Int(key.length)
+            if sourceMode == .bounce && length <= Self.bounceBytes {
+                stage(&writes, from: source, count: length, offset: key.start)
+            } else {
+                let fd = sourceMode == .directFromCache
+                    ? backing.descriptor(buffer: source, count: length, offset: key.start) : backing.bufferedFD
+                gather(&writes, from: source, count: length, offset: key.start, fd: fd)
             }
-            writes.skipped += UInt64(key.length) - written
         }
         endRun(&writes)
         collect(&writes)
@@ -237,21 +231,56 @@ final class Writeback: @unchecked Sendable {
             return writeBatch()
         }
         // Counted once the batch is written: a failed one is written again.
-        if writes.ok {
-            bytesWritten += writes.bytes
-            bytesSkipped += writes.skipped
-        }
+        if writes.ok { bytesWritten += writes.bytes }
         return writes.ok
     }
 
-    /// Splits dirty batch key `key` into the parts to write, in `parts`, and
-    /// returns how many there are (0 when nothing is left).
+    /// Adds a key of the log to the batch: a clean key whole, a dirty key
+    /// only where no newer logged write has overwritten it (`liveParts`).
+    /// Returns the dirty bytes left out.
+    ///
+    /// Deciding this as keys are gathered, not when the batch is written,
+    /// keeps dead keys out of the batch altogether: under overwrites most
+    /// keys are dead, and each insert into the batch costs a search (and
+    /// moves keys). It stays right until the batch is written: the newer key
+    /// is logged and lies after the dirty tail, so nothing undoes that.
+    private func addToBatch(_ key: Extent) -> UInt64 {
+        guard !key.flags.contains(.clean) else {
+            batch.insert(key)
+            return 0
+        }
+        var skipped: UInt64 = 0
+        var rest = key
+        while rest.length > 0 {
+            // `liveParts` looks in one stripe. Keys we write never cross
+            // one; a replayed one might.
+            let stripeEnd = UInt64(CacheIndex.subtree(of: rest.start) + 1) << UInt64(PCacheLayout.subtreeShift)
+            var piece = rest
+            if piece.end > stripeEnd { piece.cutBack(UInt32(piece.end - stripeEnd)) }
+            rest.cutFront(piece.length)
+            var live: UInt64 = 0
+            for i in 0..<liveParts(of: piece) {
+                let (start, end) = parts[i]
+                var part = piece
+                part.cutFront(UInt32(start - piece.start))
+                part.cutBack(UInt32(piece.end - end))
+                batch.insert(part)
+                live += end - start
+            }
+            skipped += UInt64(piece.length) - live
+        }
+        return skipped
+    }
+
+    /// Splits dirty key `key`, which lies in one stripe, into the parts to
+    /// write, in `parts`, and returns how many there are (0 when nothing is
+    /// left).
     ///
     /// A part is skipped where the index maps its bytes to other, current
     /// dirty data whose key is logged. That key was written later (the index
     /// keeps the newest data, and a read fill only fills holes), so it lies
-    /// later in the log than this one: it is written back after this batch,
-    /// and a replay after a power cut finds it. A newer key still in an open
+    /// later in the log than this one: it is written back in this batch or a
+    /// later one, and a replay after a power cut finds it. A newer key still in an open
     /// key-set could be lost with the power (it was never flushed), so its
     /// bytes are written like any others. Clean keys and placeholders never
     /// stand in for dirty data. In any doubt the data is written: a write too
@@ -261,7 +290,6 @@ final class Writeback: @unchecked Sendable {
             parts[0] = (key.start, key.end)
             return 1
         }
-        // Batch keys never cross a stripe (`WritebackBatch.insert`).
         return index.withShard(CacheIndex.subtree(of: key.start)) { keys in
             var count = 0
             var undecided = key.start
@@ -287,11 +315,11 @@ final class Writeback: @unchecked Sendable {
     }
 
     /// Whether index key `entry` holds newer, logged data for bytes of
-    /// batch key `key` (see `liveParts`).
+    /// logged key `key` (see `liveParts`).
     @inline(__always)
     private func supersedes(_ entry: Extent, _ key: Extent) -> Bool {
         guard !entry.isPlaceholder && !entry.flags.contains(.clean) else { return false }
-        // The same data: the batch key itself, or a piece of it.
+        // The same data: the logged key itself, or a piece of it.
         if entry.segment == key.segment && entry.generation == key.generation
             && entry.start &- UInt64(entry.segmentOffset) == key.start &- UInt64(key.segmentOffset) {
             return false
@@ -307,8 +335,6 @@ final class Writeback: @unchecked Sendable {
         /// batch retried through the bounce area, or after a failure, writes
         /// some of them again.
         var bytes: UInt64 = 0
-        /// Dirty bytes skipped as overwritten by newer logged data.
-        var skipped: UInt64 = 0
         /// A direct write from the pmem mapping was refused.
         var refused = false
         var inFlight = 0

@@ -23,6 +23,7 @@ import Testing
         #expect(h.backingBytes(65536, 8192) == other)
         #expect(h.cache.writebackRequests == 2, "the overwritten 4 KiB is not written")
         #expect(h.cache.status().writebackRequests == 2, "status reports the requests")
+        #expect(status.writebackSkippedBytes == 4096, "the newer key is logged: the older one never joins the batch")
         #expect(h.cache.runWriteback() == false)
     }
 
