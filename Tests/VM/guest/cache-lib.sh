@@ -42,9 +42,6 @@ cache_add() {
     "$B" add --table "$TABLE" -q 2 "$@"
 }
 
-# wait_for SECONDS COMMAND...: polls every 0.1 s until COMMAND succeeds.
-no_process() { ! kill -0 "$1" 2>/dev/null; }
-
 # server_pid ID: the pid of device ID's server (from `status --info`).
 server_pid() { "$B" status -n "$1" --info 2>/dev/null | sed -n 's/^pid //p'; }
 

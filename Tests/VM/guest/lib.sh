@@ -87,6 +87,9 @@ wait_for() {
 # gone ID: ublk device ID no longer exists.
 gone() { ! test -e "/sys/class/ublk-char/ublkc$1"; }
 
+# no_process PID: the process has exited.
+no_process() { ! kill -0 "$1" 2>/dev/null; }
+
 # finish: prints the tally and exits (1 when a check failed).
 finish() {
     echo

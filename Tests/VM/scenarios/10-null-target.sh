@@ -142,6 +142,8 @@ check "recover of a LIVE device is refused" sh -c "echo '$out' | grep -q 'nothin
 section "SIGTERM stops cleanly"
 check "kill -TERM" kill -TERM "$pid1"
 check "the device is deleted" wait_for 10 gone 0
+# The device goes before the server has removed its files: wait for the exit.
+check "the server exited" wait_for 10 no_process "$pid1"
 check "the socket and the record are removed" test ! -e $RUN/ublkb0.sock -a ! -e $RUN/ublkb0.conf
 check "the log says so" grep -q "/dev/ublkb0 removed" $RUN/ublkb0.log
 
