@@ -249,27 +249,18 @@ final class Writeback: @unchecked Sendable {
             batch.insert(key)
             return 0
         }
-        var skipped: UInt64 = 0
-        var rest = key
-        while rest.length > 0 {
-            // `liveParts` looks in one stripe. Keys we write never cross
-            // one; a replayed one might.
-            let stripeEnd = UInt64(CacheIndex.subtree(of: rest.start) + 1) << UInt64(PCacheLayout.subtreeShift)
-            var piece = rest
-            if piece.end > stripeEnd { piece.cutBack(UInt32(piece.end - stripeEnd)) }
-            rest.cutFront(piece.length)
-            var live: UInt64 = 0
-            for i in 0..<liveParts(of: piece) {
-                let (start, end) = parts[i]
-                var part = piece
-                part.cutFront(UInt32(start - piece.start))
-                part.cutBack(UInt32(piece.end - end))
-                batch.insert(part)
-                live += end - start
-            }
-            skipped += UInt64(piece.length) - live
+        // One stripe, as `liveParts` needs: `step` validated the key, and
+        // validation refuses a key that crosses a stripe.
+        var live: UInt64 = 0
+        for i in 0..<liveParts(of: key) {
+            let (start, end) = parts[i]
+            var part = key
+            part.cutFront(UInt32(start - key.start))
+            part.cutBack(UInt32(key.end - end))
+            batch.insert(part)
+            live += end - start
         }
-        return skipped
+        return UInt64(key.length) - live
     }
 
     /// Splits dirty key `key`, which lies in one stripe, into the parts to
