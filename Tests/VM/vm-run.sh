@@ -28,6 +28,7 @@
 #                         the host's value). PCACHE_BIN is always passed when set
 #   --kill-after SECS     power cut: SIGKILL QEMU SECS seconds after it started
 #   --kill-on STRING      power cut: SIGKILL QEMU as soon as a console line contains STRING
+#   --kill-delay SECS     with --kill-on: SECS seconds after that line instead of at once
 #   --result-file FILE    write how the run ended: "exit N", "killed", "timeout",
 #                         "panic", "failed", or "boot-failed" (the VM failed before
 #                         the job started: nothing of SCRIPT ran)
@@ -52,7 +53,7 @@ usage() {
 
 timeout=${VM_TIMEOUT:-300}
 mem='' smp=2 pmem='' nvdimm='' nvdimm_label='' disk_cache=writeback verbose=0
-kill_after='' kill_on='' result_file='' log_file='' append=''
+kill_after='' kill_on='' kill_delay=0 result_file='' log_file='' append=''
 disks=() envs=() expects=() qemu_extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -68,6 +69,7 @@ while [ $# -gt 0 ]; do
         -e | --env) envs+=("$2"); shift 2 ;;
         --kill-after) kill_after=$2; shift 2 ;;
         --kill-on) kill_on=$2; shift 2 ;;
+        --kill-delay) kill_delay=$2; shift 2 ;;
         --result-file) result_file=$2; shift 2 ;;
         --log) log_file=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
@@ -256,9 +258,15 @@ on_line() {
         "VM-SETUP-FAILED $nonce "*) setup_failed=${l#"VM-SETUP-FAILED $nonce "} ;;
     esac
     if [ -n "$kill_on" ] && [ -z "$outcome" ] && [[ $l == *"$kill_on"* ]]; then
-        kill -KILL "$qpid" 2>/dev/null
-        outcome=killed
-        echo "vm-run: POWER CUT: killed QEMU on \"$kill_on\" after $((SECONDS - start)) s" >&2
+        if ((kill_delay > 0)); then
+            # The main loop cuts at kill_at, like --kill-after.
+            echo "vm-run: \"$kill_on\" seen after $((SECONDS - start)) s: power cut in $kill_delay s" >&2
+            kill_on='' kill_at=$((SECONDS + kill_delay))
+        else
+            kill -KILL "$qpid" 2>/dev/null
+            outcome=killed
+            echo "vm-run: POWER CUT: killed QEMU on \"$kill_on\" after $((SECONDS - start)) s" >&2
+        fi
     fi
 }
 
@@ -270,7 +278,7 @@ while :; do
         if [ -n "$kill_at" ] && [ -z "$outcome" ] && ((SECONDS >= kill_at)); then
             kill -KILL "$qpid" 2>/dev/null
             outcome=killed
-            echo "vm-run: POWER CUT: killed QEMU after $kill_after s" >&2
+            echo "vm-run: POWER CUT: killed QEMU after $((SECONDS - start)) s" >&2
             continue
         fi
         outcome=${outcome:-timeout}

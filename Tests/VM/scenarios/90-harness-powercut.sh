@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Harness self-test for power-cut tests: a file-backed NVDIMM and a disk image
 # keep what the guest wrote when QEMU is killed abruptly, a second boot on the
-# same files sees it, a hung guest is stopped by the timeout and a kernel
-# crash is reported (one before the job starts as a failed boot).
+# same files sees it, a hung guest is stopped by the timeout, a kernel crash
+# is reported (one before the job starts as a failed boot), and a cut can come
+# a set time after a marker line.
 # runs-on: host
 set -uo pipefail
 : "${VM_RUN:?run me through Tests/VM/run-tests.sh}" "${VM_CACHE:?}"
@@ -62,5 +63,17 @@ echo "-- boot 5: a crash before the job starts is reported as a failed boot (run
 rc=$?
 [ $rc -eq 125 ] && [ "$(cat "$dir/r5")" = boot-failed ] && grep -q 'before the job started' "$dir/boot.out" &&
     ok "failed boot reported (exit 125, result boot-failed)" || bad "boot 5: exit $rc, result $(cat "$dir/r5" 2>/dev/null)"
+
+echo "-- boot 6: a power cut some seconds after a marker line (--kill-delay)"
+echo 'echo GO; for n in $(seq 1 30); do sleep 1; echo TICK $n; done' >"$dir/tick.sh"
+"$VM_RUN" --timeout 120 --kill-on GO --kill-delay 4 --log "$dir/tick.log" --result-file "$dir/r6" "$dir/tick.sh" \
+    >/dev/null 2>&1
+rc=$?
+ticks=$(grep -a -c '^TICK' "$dir/tick.log")
+# Guest seconds and host seconds drift apart under TCG: about 4 ticks, not 0
+# (cut at once) and not the 30 of a guest left to run.
+[ $rc -eq 0 ] && [ "$(cat "$dir/r6")" = killed ] && ((ticks >= 2 && ticks <= 8)) &&
+    ok "QEMU killed 4 s after the marker ($ticks ticks of the guest's seconds seen)" ||
+    bad "boot 6: exit $rc, result $(cat "$dir/r6" 2>/dev/null), $ticks ticks"
 
 exit $failed
