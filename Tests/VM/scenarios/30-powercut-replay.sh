@@ -2,8 +2,8 @@
 # Power cuts under write load: a file-backed NVDIMM (1G, devdax) caches a kept
 # 256 MiB disk image; each boot adds the cache (replay), verifies what earlier
 # boots wrote, and starts 4 writers of numbered blocks (fsync and FUA mixed
-# in) until QEMU is killed at a random moment (--kill-after, uniform over the
-# replay/verify/write phases). 10 cuts (PCACHE_POWERCUT_ITERATIONS, or 30 with
+# in) until QEMU is killed at a random moment: a third of the cuts during
+# replay/verify, the rest 1-9 s after the writers start. 10 cuts (PCACHE_POWERCUT_ITERATIONS, or 30 with
 # PCACHE_VM_SOAK=1), then a last boot verifies, writes back, and checks the
 # backing device itself. Every replay must succeed, every write completed
 # before its fsync (or a completed FUA write) must read back, or a newer write
@@ -31,19 +31,23 @@ echo "         torn pmem lines and lost cache flushes are covered by the crash-p
 echo "         (DataPathCrashTests, CrashConsistencyTests)."
 
 # When to cut: a third of the boots during replay/verify (up to 6 s before the
-# writers start), the others 1-12 s into the writes (1-9 s in). The boot before tells when
-# the writers started (guest uptime ~ QEMU's age).
+# writers start; the boot before tells when they started, as guest uptime ~
+# QEMU's age), the others 1-9 s after this boot's writers start (the guest's
+# PC-WRITING line). Cutting at a time from QEMU's start alone landed most cuts
+# before the writes on a slow host: replay and verify take longer each boot.
 write_at=22
 cuts_in=()
 for i in $(seq 0 $((iterations - 1))); do
     if ((RANDOM % 3 == 0)); then
         cut=$((write_at - 6 + RANDOM % 7))
+        when=(--kill-after "$cut") what="$cut s after QEMU started"
     else
-        cut=$((write_at + 1 + RANDOM % 9))
+        delay=$((1 + RANDOM % 9))
+        when=(--kill-on PC-WRITING --kill-delay "$delay") what="$delay s into the writes"
     fi
     log="$dir/boot-$i.log"
-    echo "-- boot $((i + 1)) of $((iterations + 1)): power cut after $cut s"
-    "$VM_RUN" "${machine[@]}" --kill-after "$cut" --log "$log" --result-file "$dir/r$i" \
+    echo "-- boot $((i + 1)) of $((iterations + 1)): power cut $what"
+    "$VM_RUN" "${machine[@]}" "${when[@]}" --log "$log" --result-file "$dir/r$i" \
         "$guest" "$dir" "$i" write >"$dir/out-$i" 2>&1
     rc=$?
     result=$(cat "$dir/r$i" 2>/dev/null)
