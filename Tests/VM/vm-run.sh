@@ -69,7 +69,10 @@ while [ $# -gt 0 ]; do
         -e | --env) envs+=("$2"); shift 2 ;;
         --kill-after) kill_after=$2; shift 2 ;;
         --kill-on) kill_on=$2; shift 2 ;;
-        --kill-delay) kill_delay=$2; shift 2 ;;
+        --kill-delay)
+            [[ $2 =~ ^[0-9]+$ ]] || { echo "vm-run: --kill-delay takes whole seconds, not '$2'" >&2; exit 2; }
+            kill_delay=$2
+            shift 2 ;;
         --result-file) result_file=$2; shift 2 ;;
         --log) log_file=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;

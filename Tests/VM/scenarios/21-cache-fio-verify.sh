@@ -80,7 +80,7 @@ check "no server left" test -z "$(servers_left)"
 # writeback_history true it is. Either way the backing device ends up with
 # the second pass. Both passes are jobs of one fio run: between two fio
 # processes the device can sit idle for a second under TCG, and writeback
-# then takes the first pass (16 MiB of it once, in CI).
+# then takes the first pass (16 MiB of it once, in a full make test).
 is_clean() { [ "$(key_head 0)" = "$(dirty_tail 0)" ]; }
 over=(--rw=randwrite --bs=4k --iodepth=16 --offset=$((160 + 128 * M))M --size=32M)
 for history in false true; do

@@ -3,11 +3,12 @@
 # 256 MiB disk image; each boot adds the cache (replay), verifies what earlier
 # boots wrote, and starts 4 writers of numbered blocks (fsync and FUA mixed
 # in) until QEMU is killed at a random moment: a third of the cuts during
-# replay/verify, the rest 1-9 s after the writers start. 10 cuts (PCACHE_POWERCUT_ITERATIONS, or 30 with
-# PCACHE_VM_SOAK=1), then a last boot verifies, writes back, and checks the
-# backing device itself. Every replay must succeed, every write completed
-# before its fsync (or a completed FUA write) must read back, or a newer write
-# of its block, and nothing else may: no torn, foreign or older blocks.
+# replay/verify, the rest 1-9 s after the writers start. 10 cuts
+# (PCACHE_POWERCUT_ITERATIONS, or 30 with PCACHE_VM_SOAK=1), then a last boot
+# verifies, writes back, and checks the backing device itself. Every replay
+# must succeed, every write completed before its fsync (or a completed FUA
+# write) must read back, or a newer write of its block, and nothing else may:
+# no torn, foreign or older blocks.
 # runs-on: host
 set -uo pipefail
 : "${VM_RUN:?run me through Tests/VM/run-tests.sh}" "${VM_CACHE:?}"
