@@ -50,19 +50,14 @@ for s in "${scenarios[@]}"; do
         (cd "$VM_PROJECT" && bash "$s")
         rc=$?
     else
-        result_file=$(mktemp)
-        "$VM_RUN" "${opts[@]}" --result-file "$result_file" "$s"
-        rc=$?
         # QEMU's TCG now and then crashes the guest kernel while it boots (an
         # oops while the kernel patches its own text). Nothing of the scenario
         # ran then, so one more boot is a fair retry; a second one is not.
-        if [ $rc -eq 125 ] && [ "$(cat "$result_file")" = boot-failed ]; then
-            echo "=== $name: the VM failed while booting, before the scenario started; booting once more"
-            rebooted=', after a failed boot'
-            "$VM_RUN" "${opts[@]}" --result-file "$result_file" "$s"
-            rc=$?
-        fi
-        rm -f "$result_file"
+        log=$(mktemp)
+        "$VM_RUN" --boot-retries 1 "${opts[@]}" "$s" 2>&1 | tee "$log"
+        rc=${PIPESTATUS[0]}
+        grep -q 'failed while booting' "$log" && rebooted=', after a failed boot'
+        rm -f "$log"
     fi
     secs=$((SECONDS - start))
     if [ $rc -eq 0 ]; then

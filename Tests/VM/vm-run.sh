@@ -32,6 +32,9 @@
 #   --result-file FILE    write how the run ended: "exit N", "killed", "timeout",
 #                         "panic", "failed", or "boot-failed" (the VM failed before
 #                         the job started: nothing of SCRIPT ran)
+#   --boot-retries N      boot up to N more times when a boot fails before the job
+#                         started (TCG now and then oopses the guest while it boots;
+#                         nothing of SCRIPT ran then, so a new boot is a fair retry)
 #   --log FILE            also write the console to FILE (default: kept only on failure,
 #                         in vm-out/logs/)
 #   --verbose             show the kernel's boot messages (no 'quiet')
@@ -51,7 +54,9 @@ usage() {
     exit 2
 }
 
+all_args=("$@")
 timeout=${VM_TIMEOUT:-300}
+boot_retries=0
 mem='' smp=2 pmem='' nvdimm='' nvdimm_label='' disk_cache=writeback verbose=0
 kill_after='' kill_on='' kill_delay=0 result_file='' log_file='' append=''
 disks=() envs=() expects=() qemu_extra=()
@@ -74,6 +79,10 @@ while [ $# -gt 0 ]; do
             kill_delay=$2
             shift 2 ;;
         --result-file) result_file=$2; shift 2 ;;
+        --boot-retries)
+            [[ $2 =~ ^[0-9]+$ ]] || { echo "vm-run: --boot-retries takes a count, not '$2'" >&2; exit 2; }
+            boot_retries=$2
+            shift 2 ;;
         --log) log_file=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
         --append) append="$append $2"; shift 2 ;;
@@ -91,6 +100,25 @@ shift
 [[ $timeout =~ ^[0-9]+$ ]] || vm_die "--timeout needs whole seconds"
 
 result() { [ -z "$result_file" ] || echo "$1" >"$result_file"; }
+
+# With --boot-retries, this run only boots copies of itself (with retries off)
+# until one gets past the boot, and passes on how the last one ended.
+if [ "$boot_retries" -gt 0 ] && [ -z "${VM_RUN_ATTEMPT:-}" ]; then
+    # The options as given (without a closing --), then this run's result file.
+    options=("${all_args[@]:0:${#all_args[@]} - $# - 1}")
+    ((${#options[@]})) && [ "${options[-1]}" = -- ] && unset 'options[-1]'
+    attempt_result=$(mktemp)
+    for attempt in $(seq 0 "$boot_retries"); do
+        [ "$attempt" = 0 ] || echo "vm-run: the VM failed while booting, before the job started; boot $((attempt + 1)) of up to $((boot_retries + 1))" >&2
+        VM_RUN_ATTEMPT=$((attempt + 1)) "${BASH_SOURCE[0]}" "${options[@]}" \
+            --result-file "$attempt_result" -- "$script" "$@"
+        rc=$?
+        [ $rc -eq 125 ] && [ "$(cat "$attempt_result")" = boot-failed ] || break
+    done
+    result "$(cat "$attempt_result")"
+    rm -f "$attempt_result"
+    exit $rc
+fi
 fail() {
     result failed
     vm_die "$*"
