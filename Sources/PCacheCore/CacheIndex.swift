@@ -40,6 +40,26 @@ final class CacheIndex: @unchecked Sendable {
         pcs_prefetch_for_write(shards + index)
     }
 
+    /// Starts loading stripe `index`'s directory, without its lock; a write
+    /// asks for it before its data copy (see `SubtreeIndex`'s prefetch hints).
+    @inline(__always)
+    func prefetchDirectory(_ index: Int) {
+        SubtreeIndex.prefetchDirectory(of: keys(of: index))
+    }
+
+    /// Starts loading the leaf of stripe `index` that a search for `offset`
+    /// will read, without the lock; a write asks for it once its data copy
+    /// is issued, so the miss overlaps the copy's drain.
+    @inline(__always)
+    func prefetchLeaf(_ index: Int, endingAfter offset: UInt64) {
+        SubtreeIndex.prefetchLeaf(of: keys(of: index), endingAfter: offset)
+    }
+
+    @inline(__always)
+    private func keys(of index: Int) -> UnsafeRawPointer {
+        UnsafeRawPointer(shards + index) + MemoryLayout<Shard>.offset(of: \Shard.keys)!
+    }
+
     /// Runs `body` with subtree `index` locked.
     @inline(__always)
     func withShard<R>(_ index: Int, _ body: (inout SubtreeIndex) throws -> R) rethrows -> R {

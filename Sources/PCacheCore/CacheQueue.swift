@@ -232,12 +232,14 @@ public final class CacheQueue {
             var want = min(r.pointee.length - r.pointee.cursor, toStripeEnd)
             if zeroes { want = min(want, UInt32(Cache.zeroBufferSize)) }
             cache.index.prefetch(subtree)
+            cache.index.prefetchDirectory(subtree)
             guard let space = head.pointee.allocate(want, pool: cache.pool) else {
                 return deferRequest(tag)
             }
             let source: UnsafeRawPointer =
                 zeroes ? UnsafeRawPointer(cache.zeroBuffer) : UnsafeRawPointer(r.pointee.buffer! + Int(r.pointee.cursor))
             cache.memory.storeAndFlush(at: cache.dataOffset(space.segment, space.offset), from: source, count: Int(space.length))
+            cache.index.prefetchLeaf(subtree, endingAfter: offset)
             // The data must be durable before a key that points at it can be.
             cache.memory.drain()
             let crc = cache.dataCRC ? CRC32C.checksum(source, count: Int(space.length)) : 0

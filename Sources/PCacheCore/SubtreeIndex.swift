@@ -18,7 +18,9 @@ import CSupport
 /// cursor is valid only until the next edit, except the one `remove(at:)`
 /// returns.
 ///
-/// Not synchronised: the owner holds the subtree's lock around every call.
+/// Not synchronised: the owner holds the subtree's lock around every call,
+/// except the prefetch hints (`prefetchDirectory(of:)`, `leafHint(of:)`),
+/// which a writer reads before it takes the lock.
 public struct SubtreeIndex {
     /// Keys per leaf: 32 × 48 bytes, so an insert moves at most 1.5 KiB.
     static let leafCapacity = 32
@@ -47,19 +49,59 @@ public struct SubtreeIndex {
     /// Nothing is allocated for leaves until the first insert, so an index
     /// over a large backing device costs little until it is used.
     public init() {
-        directory = .allocate(capacity: 1)
+        directory = DirectoryBlock.allocate(capacity: 0, replacing: nil)
     }
 
     public func deallocate() {
         for i in 0..<allocatedLeaves { directory[i].keys.deallocate() }
-        directory.deallocate()
+        var block: UnsafeMutablePointer<Leaf>? = directory
+        while let current = block {
+            block = DirectoryBlock.replaced(by: current)
+            DirectoryBlock.deallocate(current)
+        }
     }
 
     public var isEmpty: Bool { count == 0 }
 
-    /// Bytes of memory this subtree holds.
+    /// Bytes of memory this subtree holds, replaced directories included.
     public var memoryBytes: Int {
-        allocatedLeaves * Self.leafCapacity * MemoryLayout<Extent>.stride + directoryCapacity * MemoryLayout<Leaf>.stride
+        var bytes = allocatedLeaves * Self.leafCapacity * MemoryLayout<Extent>.stride
+        var block: UnsafeMutablePointer<Leaf>? = directory
+        while let current = block {
+            bytes += DirectoryBlock.capacity(of: current) * MemoryLayout<Leaf>.stride
+            block = DirectoryBlock.replaced(by: current)
+        }
+        return bytes
+    }
+
+    /// A directory's memory: a header (the block this one replaced, and
+    /// this one's capacity), then the leaves. A replaced block is kept until
+    /// the subtree is deallocated, because hint readers may still be reading
+    /// it without the lock; directories grow by doubling, so the kept ones
+    /// add less than the current one holds.
+    private enum DirectoryBlock {
+        static let headerBytes = 16
+
+        static func allocate(capacity: Int, replacing previous: UnsafeMutablePointer<Leaf>?) -> UnsafeMutablePointer<Leaf> {
+            let raw = UnsafeMutableRawPointer.allocate(
+                byteCount: headerBytes + max(capacity, 1) * MemoryLayout<Leaf>.stride, alignment: 16)
+            raw.storeBytes(of: previous.map { UnsafeMutableRawPointer($0) }, as: UnsafeMutableRawPointer?.self)
+            raw.storeBytes(of: capacity, toByteOffset: 8, as: Int.self)
+            return (raw + headerBytes).bindMemory(to: Leaf.self, capacity: max(capacity, 1))
+        }
+
+        static func replaced(by block: UnsafeMutablePointer<Leaf>) -> UnsafeMutablePointer<Leaf>? {
+            (UnsafeMutableRawPointer(block) - headerBytes).load(as: UnsafeMutableRawPointer?.self)?
+                .assumingMemoryBound(to: Leaf.self)
+        }
+
+        static func capacity(of block: UnsafeMutablePointer<Leaf>) -> Int {
+            (UnsafeMutableRawPointer(block) - headerBytes).load(fromByteOffset: 8, as: Int.self)
+        }
+
+        static func deallocate(_ block: UnsafeMutablePointer<Leaf>) {
+            (UnsafeMutableRawPointer(block) - headerBytes).deallocate()
+        }
     }
 
     // MARK: Reading
@@ -87,6 +129,76 @@ public struct SubtreeIndex {
     }
 
     public var endCursor: Cursor { Cursor(leaf: leafCount, slot: 0) }
+
+    // MARK: Prefetch hints, without the lock
+
+    // A write copies its data before it takes the stripe's lock, and the
+    // index lines it will then search are usually cold: a directory miss,
+    // then a leaf miss, one after the other, with the lock held. Asking for
+    // them while the copy runs and drains overlaps the two.
+    //
+    // The hints read the directory while a lock holder may be editing it, so
+    // what they find may be stale or half-moved; it only chooses which lines
+    // to prefetch (a prefetch never faults), never what is read or written.
+    // What must hold is that every load stays inside allocated memory:
+    // leaves and directory blocks are never freed while the subtree lives,
+    // and the leaf count is read before the directory pointer, while a lock
+    // holder stores a grown directory before any count that needs its room.
+    // x86-64 keeps stores in program order (and `pcs_compiler_fence` keeps
+    // the compiler from reordering them); elsewhere the hints do nothing.
+
+    @inline(__always) private static var leafCountOffset: Int { MemoryLayout<SubtreeIndex>.offset(of: \SubtreeIndex.leafCount)! }
+    @inline(__always) private static var directoryOffset: Int { MemoryLayout<SubtreeIndex>.offset(of: \SubtreeIndex.directory)! }
+    @inline(__always) private static var lastEndOffset: Int { MemoryLayout<Leaf>.offset(of: \Leaf.lastEnd)! }
+    @inline(__always) private static var countOffset: Int { MemoryLayout<Leaf>.offset(of: \Leaf.count)! }
+    @inline(__always) private static var keysOffset: Int { MemoryLayout<Leaf>.offset(of: \Leaf.keys)! }
+
+    /// Leaf count and directory as a racing reader may use them.
+    @inline(__always)
+    static func racyDirectory(of index: UnsafeRawPointer) -> (leaves: Int, directory: UnsafeRawPointer)? {
+        #if arch(x86_64)
+        let leaves = Int(truncatingIfNeeded: pcs_racy_load_word(index + leafCountOffset))
+        guard let directory = UnsafeRawPointer(bitPattern: UInt(pcs_racy_load_word(index + directoryOffset))) else {
+            return nil
+        }
+        return (leaves, directory)
+        #else
+        return nil
+        #endif
+    }
+
+    /// Asks for the directory lines of the subtree at `index`.
+    @inline(__always)
+    static func prefetchDirectory(of index: UnsafeRawPointer) {
+        guard let (leaves, directory) = racyDirectory(of: index) else { return }
+        pcs_prefetch_range(directory, max(leaves, 0) &* MemoryLayout<Leaf>.stride)
+    }
+
+    /// The keys of the leaf `first(endingAfter: offset)` would search, as a
+    /// racing reader sees them: where they are and how many (at most
+    /// `leafCapacity`). Nil at the end of the subtree.
+    @inline(__always)
+    static func leafHint(of index: UnsafeRawPointer, endingAfter offset: UInt64) -> (keys: UnsafeRawPointer, count: Int)? {
+        guard let (leaves, directory) = racyDirectory(of: index) else { return nil }
+        let stride = MemoryLayout<Leaf>.stride
+        var low = 0, high = leaves
+        while low < high {
+            let mid = (low + high) >> 1
+            if pcs_racy_load_word(directory + mid * stride + lastEndOffset) <= offset { low = mid + 1 } else { high = mid }
+        }
+        guard low < leaves,
+              let keys = UnsafeRawPointer(bitPattern: UInt(pcs_racy_load_word(directory + low * stride + keysOffset)))
+        else { return nil }
+        let count = Int(truncatingIfNeeded: pcs_racy_load_word(directory + low * stride + countOffset))
+        return (keys, min(max(count, 0), leafCapacity))
+    }
+
+    /// Asks for the lines of the leaf a search for `offset` will read.
+    @inline(__always)
+    static func prefetchLeaf(of index: UnsafeRawPointer, endingAfter offset: UInt64) {
+        guard let (keys, count) = leafHint(of: index, endingAfter: offset) else { return }
+        pcs_prefetch_range(keys, count * MemoryLayout<Extent>.stride)
+    }
 
     /// The key at `cursor`, nil at the end.
     @inline(__always)
@@ -289,6 +401,14 @@ public struct SubtreeIndex {
     /// Leaves in use (for tests and memory figures).
     var leavesInUse: Int { leafCount }
 
+    /// Where the keys of the leaf at `cursor` are (for tests of the hints).
+    func leafKeys(at cursor: Cursor) -> (keys: UnsafeRawPointer, count: Int)? {
+        cursor.leaf < leafCount ? (UnsafeRawPointer(directory[cursor.leaf].keys), directory[cursor.leaf].count) : nil
+    }
+
+    /// Every leaf's key array, spares included (for tests of the hints).
+    var allLeafKeyArrays: [UnsafeRawPointer] { (0..<allocatedLeaves).map { UnsafeRawPointer(directory[$0].keys) } }
+
     // MARK: Leaves
 
     /// Puts `key` at `cursor`, which is `first(endingAfter: key.start)`;
@@ -398,12 +518,16 @@ public struct SubtreeIndex {
     private mutating func insertLeaf(at l: Int) {
         if leafCount == allocatedLeaves {
             if allocatedLeaves == directoryCapacity {
+                // The old block keeps its entries for hint readers; the new
+                // one is filled before it is published, and published before
+                // any leaf count that needs its room (see `leafHint(of:)`).
                 let newCapacity = max(directoryCapacity * 2, 4)
-                let grown = UnsafeMutablePointer<Leaf>.allocate(capacity: newCapacity)
-                grown.moveInitialize(from: directory, count: allocatedLeaves)
-                directory.deallocate()
+                let grown = DirectoryBlock.allocate(capacity: newCapacity, replacing: directory)
+                grown.initialize(from: directory, count: allocatedLeaves)
+                pcs_compiler_fence()
                 directory = grown
                 directoryCapacity = newCapacity
+                pcs_compiler_fence()
             }
             (directory + allocatedLeaves).initialize(
                 to: Leaf(keys: .allocate(capacity: Self.leafCapacity), count: 0, lastEnd: 0))

@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 
 @testable import PCacheCore
@@ -282,6 +283,103 @@ import Testing
         let bytes = index.memoryBytes
         for i in 0..<keys { index.insert(Extent(start: UInt64(i) * 4096, length: 4096, segment: UInt32(i))) }
         #expect(index.memoryBytes == bytes, "refilling reuses the spare leaves")
+    }
+}
+
+/// The prefetch hints a write reads before it takes the stripe's lock.
+@Suite struct SubtreeIndexHintTests {
+    static func key(_ block: Int, _ serial: Int) -> Extent {
+        Extent(start: UInt64(block) * 4096, length: 4096, segment: UInt32(serial))
+    }
+
+    /// Without a racing editor, the hint names the very leaf a search reads.
+    @Test func leafHintNamesTheLeafASearchReads() {
+        var index = SubtreeIndex()
+        defer { index.deallocate() }
+        var rng = SeededGenerator(seed: 11)
+        #expect(withUnsafePointer(to: &index) { SubtreeIndex.leafHint(of: $0, endingAfter: 0) } == nil)
+        for serial in 0..<3000 {
+            index.insert(Self.key(Int(rng.next() % 1024), serial))
+            let offset = rng.next() % (1100 * 4096)
+            let hint = withUnsafePointer(to: &index) { SubtreeIndex.leafHint(of: $0, endingAfter: offset) }
+            let searched = index.leafKeys(at: index.first(endingAfter: offset))
+            #expect(hint?.keys == searched?.keys && hint?.count == searched?.count, "offset \(offset) after \(serial) inserts")
+            if hint?.keys != searched?.keys { return }
+        }
+        #expect(index.leavesInUse > 20)
+    }
+
+    /// A directory replaced by a larger one stays allocated and unchanged
+    /// (a hint may still be reading it), and is counted in the memory figure.
+    @Test func replacedDirectoriesAreKeptUntilDeallocation() throws {
+        var index = SubtreeIndex()
+        defer { index.deallocate() }
+        for block in 0..<(3 * SubtreeIndex.leafCapacity) { index.insert(Self.key(block, block)) }
+        let before = try #require(withUnsafePointer(to: &index) { SubtreeIndex.racyDirectory(of: $0) })
+        #expect(before.leaves == 3)
+        let entryBytes = 3 * 24
+        let saved = Array(UnsafeRawBufferPointer(start: before.directory, count: entryBytes))
+        let leafBytes = SubtreeIndex.leafCapacity * MemoryLayout<Extent>.stride
+        #expect(index.memoryBytes == 3 * leafBytes + 4 * 24, "3 leaves, a directory of 4")
+
+        for block in (3 * SubtreeIndex.leafCapacity)..<(20 * SubtreeIndex.leafCapacity) { index.insert(Self.key(block, block)) }
+        let after = try #require(withUnsafePointer(to: &index) { SubtreeIndex.racyDirectory(of: $0) })
+        #expect(after.leaves == 20 && after.directory != before.directory)
+        // Blocks of the old directory's size, allocated and scribbled on:
+        // had it been freed, one of them would likely take its place.
+        let scribbles = (0..<256).map { _ in
+            let block = UnsafeMutableRawPointer.allocate(byteCount: 16 + 4 * 24, alignment: 16)
+            block.initializeMemory(as: UInt8.self, repeating: 0xEE, count: 16 + 4 * 24)
+            return block
+        }
+        defer { scribbles.forEach { $0.deallocate() } }
+        #expect(Array(UnsafeRawBufferPointer(start: before.directory, count: entryBytes)) == saved)
+        // Directories of 4, 8, 16 and 32 leaves, the last one in use.
+        #expect(index.memoryBytes == 20 * leafBytes + (4 + 8 + 16 + 32) * 24)
+    }
+
+    /// Hints read while another thread edits the index: every leaf they
+    /// name is one of the index's own leaf arrays, with a count in range.
+    @Test func hintsRacingEditsOnlyNameRealLeaves() throws {
+        final class Shared: @unchecked Sendable {
+            var index = SubtreeIndex()
+            let done = Atomic<Bool>(false)
+            var seen: Set<UnsafeRawPointer> = []
+            var badCounts = 0
+            var hints = 0
+        }
+        let shared = Shared()
+        defer { shared.index.deallocate() }
+        let indexPointer = withUnsafeMutablePointer(to: &shared.index) { UnsafeRawPointer($0) }
+        let reader = OSThread(name: "hint-reader") {
+            var rng = SeededGenerator(seed: 5)
+            while !shared.done.load(ordering: .acquiring) {
+                let offset = rng.next() % (4 << 20)
+                SubtreeIndex.prefetchDirectory(of: indexPointer)
+                if let hint = SubtreeIndex.leafHint(of: indexPointer, endingAfter: offset) {
+                    shared.seen.insert(hint.keys)
+                    if hint.count < 0 || hint.count > SubtreeIndex.leafCapacity { shared.badCounts += 1 }
+                }
+                shared.hints += 1
+            }
+        }
+        try reader.start()
+        var rng = SeededGenerator(seed: 9)
+        for serial in 0..<60_000 {
+            let block = Int(rng.next() % 1024)
+            switch rng.next() % 8 {
+            case 0: shared.index.removeRange(start: UInt64(block) * 4096, end: UInt64(block + 64) * 4096)
+            case 1 where serial % 5000 == 0: shared.index.removeAll()
+            default: shared.index.insert(Self.key(block, serial))
+            }
+        }
+        shared.done.store(true, ordering: .releasing)
+        reader.join()
+        #expect(shared.hints > 1000)
+        #expect(shared.badCounts == 0)
+        let leaves = Set(shared.index.allLeafKeyArrays)
+        #expect(shared.seen.isSubset(of: leaves), "\(shared.seen.subtracting(leaves).count) hints named no leaf")
+        #expect(shared.index.structuralProblem() == nil)
     }
 }
 

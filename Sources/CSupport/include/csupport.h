@@ -82,6 +82,16 @@ static inline void pcs_prefetch_for_write(const void *p) {
 }
 // Orders the loads before it against the loads after it (seqlock readers).
 static inline void pcs_load_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+// Loads for prefetch hints that race with a lock holder's plain stores: one
+// whole aligned word, in program order with the loads after it, and nothing
+// more is promised. What they return only chooses lines to prefetch.
+static inline uint64_t pcs_racy_load_word(const void *p) {
+    return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
+}
+// Keeps the compiler from moving memory accesses across it (no instruction):
+// what a racing hint reader needs of a lock holder on x86-64, whose stores
+// become visible in program order.
+static inline void pcs_compiler_fence(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 
 // ---- a one-word lock --------------------------------------------------------
 // A mutex in a 32-bit word (0 free, 1 held, 2 held with sleepers), so it can
