@@ -41,6 +41,21 @@ struct Result {
     var latencies: [UInt32] = []
 }
 
+/// What one cell measured.
+struct Cell {
+    /// Operations of all threads per wall-clock second.
+    var iops: Double
+    /// Latency percentiles in µs.
+    var p50: Double, p99: Double, p999: Double
+    /// Operations per second of a thread's own CPU time. The threads never
+    /// sleep in these cells, so this is the rate without the time the vCPU
+    /// was taken away: by the host (steal, which this kernel's paravirt time
+    /// accounting keeps out of a thread's CPU time) or by another task. On a
+    /// shared host that time lands on a few short cells and moves their
+    /// wall-clock rate by more than any change to the code does.
+    var perThreadCPURate: Double
+}
+
 /// Runs `threads` threads for `seconds` (or `limit` operations each), each
 /// calling `operation` in a loop; returns total ops per second and latency
 /// percentiles in µs.
@@ -58,8 +73,12 @@ struct Result {
 /// the figure.
 /// The window runs from the first thread's start to the last thread's end.
 /// `round` varies the random seeds, so successive rounds write new blocks.
-func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> (iops: Double, p50: Double, p99: Double, p999: Double) {
-    final class Box: @unchecked Sendable { var result = Result(); var begin: UInt64 = 0; var end: UInt64 = 0 }
+func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> Cell {
+    final class Box: @unchecked Sendable {
+        var result = Result()
+        var begin: UInt64 = 0, end: UInt64 = 0
+        var cpuNanoseconds: UInt64 = 0
+    }
     let boxes = (0..<threads).map { _ in Box() }
     let operations = (0..<threads).map { makeOperation($0) }
     let deadline = UInt64(seconds * 1e9)
@@ -81,6 +100,7 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
             var latencies = [UInt32](repeating: 0, count: capacity)
             latencies.removeAll(keepingCapacity: true)
             pthread_barrier_wait(startLine)
+            let cpuBegin = threadCPUNanoseconds()
             let begin = monotonicNanoseconds()
             var now = begin
             while now - begin < deadline && latencies.count < limit {
@@ -91,6 +111,7 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
             }
             box.begin = begin
             box.end = now
+            box.cpuNanoseconds = threadCPUNanoseconds() - cpuBegin
             box.result = Result(operations: latencies.count, latencies: latencies)
         }
         try! thread.start()
@@ -103,10 +124,57 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
     func percentile(_ p: Double) -> Double {
         all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1000
     }
-    return (Double(all.count) / elapsed, percentile(0.5), percentile(0.99), percentile(0.999))
+    let cpuSeconds = Double(boxes.map(\.cpuNanoseconds).reduce(0, +)) / 1e9
+    return Cell(iops: Double(all.count) / elapsed, p50: percentile(0.5), p99: percentile(0.99), p999: percentile(0.999),
+                perThreadCPURate: Double(all.count) / cpuSeconds)
+}
+
+func threadCPUNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
 
 typealias SeededRandom = SplitMix64
+
+/// How long a dependent load takes on this host right now: a chase through
+/// a random cycle of cache lines spread over `bytes`. The write path waits on
+/// the index lines it searches (the index of these cells is some 33 MB, about
+/// the L3's size) and the ceiling loop waits on no load, so when other
+/// tenants fill the shared L3 or load the memory system, the ratio falls with
+/// no change in the code. Printed beside the ratio: an 8 MiB chase (L3 hits
+/// on a quiet host) and a 64 MiB one (mostly memory).
+final class MemoryLatencyProbe {
+    private static let lineWords = 8  // 64-byte lines of Int
+    private let lineCount: Int
+    private let words: UnsafeMutablePointer<Int>
+    private var position = 0
+
+    init(bytes: Int) {
+        lineCount = bytes / 64
+        words = .allocate(capacity: lineCount * Self.lineWords)
+        words.initialize(repeating: 0, count: lineCount * Self.lineWords)
+        // Sattolo's shuffle: one cycle through every line, in random order.
+        var order = Array(0..<lineCount)
+        var rng = SeededRandom(seed: 4242)
+        for i in stride(from: lineCount - 1, to: 0, by: -1) {
+            order.swapAt(i, Int(rng.next() % UInt64(i)))
+        }
+        for i in 0..<lineCount { words[order[i] * Self.lineWords] = order[(i + 1) % lineCount] * Self.lineWords }
+    }
+
+    deinit { words.deallocate() }
+
+    /// Nanoseconds per load over `loads` dependent loads.
+    func nanosecondsPerLoad(loads: Int = 200_000) -> Double {
+        var at = position
+        let start = monotonicNanoseconds()
+        for _ in 0..<loads { at = words[at] }
+        let elapsed = monotonicNanoseconds() - start
+        position = at  // also keeps the chase from being optimised away
+        return Double(elapsed) / Double(loads)
+    }
+}
 
 /// Says once that a measuring thread could not be pinned (the figures then
 /// include where the scheduler put it).
@@ -266,7 +334,7 @@ func fmt(_ v: Double, _ digits: Int = 1) -> String {
     while s.count <= digits { s = "0" + s }
     return digits == 0 ? s : String(s.dropLast(digits)) + "." + String(s.suffix(digits))
 }
-func row(_ name: String, _ threads: Int, _ r: (iops: Double, p50: Double, p99: Double, p999: Double), _ ratio: String) {
+func row(_ name: String, _ threads: Int, _ r: Cell, _ ratio: String) {
     print(pad(name, 26) + pad("\(threads)", 9) + pad(fmt(r.iops, 0), 12) + pad(fmt(r.iops / Double(threads), 0), 13)
           + pad(fmt(r.p50), 9) + pad(fmt(r.p99), 9) + pad(fmt(r.p999), 10) + ratio)
 }
@@ -295,9 +363,9 @@ print(pad("workload", 26) + pad("threads", 9) + pad("IOPS", 12) + pad("IOPS/thre
 // so load from other processes and the index's growth hit both sides alike.
 let rounds = 8
 let threadCounts = [1, 2]
-typealias Cell = (iops: Double, p50: Double, p99: Double, p999: Double)
 var ceilingRounds: [Int: [Cell]] = [:]
 var writeRounds: [Int: [Cell]] = [:]
+var latencyRounds: [(cache: Double, memory: Double)] = []
 var indexLine = ""
 var pagesLine = ""
 do {
@@ -315,7 +383,9 @@ do {
     defer { ceilingPositions.deallocate() }
     // Writes per cell, shared by its threads.
     let budget = cacheBytes / 2 / blockSize / rounds / threadCounts.count
+    let latencyProbes = (cache: MemoryLatencyProbe(bytes: 8 << 20), memory: MemoryLatencyProbe(bytes: 64 << 20))
     for round in 0..<rounds {
+        latencyRounds.append((latencyProbes.cache.nanosecondsPerLoad(), latencyProbes.memory.nanosecondsPerLoad()))
         for threads in threadCounts {
             ceilingRounds[threads, default: []].append(measure(threads: threads, seconds: seconds / Double(rounds)) { t in
                 // Not a captured `var`: that is boxed, and every access to it
@@ -349,11 +419,16 @@ do {
 }
 func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 func medianCell(_ r: [Cell]) -> Cell {
-    (median(r.map(\.iops)), median(r.map(\.p50)), median(r.map(\.p99)), median(r.map(\.p999)))
+    Cell(iops: median(r.map(\.iops)), p50: median(r.map(\.p50)), p99: median(r.map(\.p99)), p999: median(r.map(\.p999)),
+         perThreadCPURate: median(r.map(\.perThreadCPURate)))
 }
 var ratios: [Int: Double] = [:]
+var cpuRatios: [Int: Double] = [:]
 for threads in threadCounts {
     ratios[threads] = median(zip(writeRounds[threads]!, ceilingRounds[threads]!).map { $0.iops / $1.iops })
+    cpuRatios[threads] = median(zip(writeRounds[threads]!, ceilingRounds[threads]!).map {
+        $0.perThreadCPURate / $1.perThreadCPURate
+    })
     row("ceiling copy+flush", threads, medianCell(ceilingRounds[threads]!), "1.00")
     row("randwrite (absorbed)", threads, medianCell(writeRounds[threads]!), fmt(ratios[threads]!, 2))
 }
@@ -363,8 +438,10 @@ if getenv("PCACHE_BENCH_VERBOSE") != nil {
     for round in 0..<rounds {
         let cells = threadCounts.map { t in
             "\(t)T ceiling \(fmt(ceilingRounds[t]![round].iops, 0)) write \(fmt(writeRounds[t]![round].iops, 0))"
+                + " (per thread and CPU second \(fmt(ceilingRounds[t]![round].perThreadCPURate, 0)) / \(fmt(writeRounds[t]![round].perThreadCPURate, 0)))"
         }
-        print("  round \(round): " + cells.joined(separator: ", "))
+        print("  round \(round): load latency \(fmt(latencyRounds[round].cache, 0)) / \(fmt(latencyRounds[round].memory, 0)) ns, "
+              + cells.joined(separator: ", "))
     }
 }
 let writeScaling = median(zip(writeRounds[2]!, writeRounds[1]!).map { $0.iops / $1.iops })
@@ -373,6 +450,14 @@ print("randwrite (absorbed) per thread vs bare copy+flush ceiling, median of \(r
       + "1 thread \(fmt(ratios[1]!, 2)), 2 threads \(fmt(ratios[2]!, 2))   (target >= 0.50)")
 print("randwrite (absorbed) scaling, 2 threads / 1 thread, median of per-round ratios: \(fmt(writeScaling, 2))   "
       + "(target >= 1.60); the bare ceiling itself scales \(fmt(ceilingScaling, 2))")
+print("  the same per second of the threads' own CPU time (without steal and preemption): "
+      + "1 thread \(fmt(cpuRatios[1]!, 2)), 2 threads \(fmt(cpuRatios[2]!, 2))")
+for (name, values) in [("8 MiB", latencyRounds.map(\.cache)), ("64 MiB", latencyRounds.map(\.memory))] {
+    print("  host load latency, dependent loads over \(name), in these rounds: median \(fmt(median(values), 0)) ns, "
+          + "\(fmt(values.min()!, 0))-\(fmt(values.max()!, 0)) ns")
+}
+print("  (the write path waits on index lines, the ceiling loop on no load: a host whose other tenants fill the L3 "
+      + "lowers the ratio)")
 
 // The index alone: one stripe filled from empty to all 1024 of its 4 KiB
 // blocks in random order (a hot region written in small random pieces), the
