@@ -97,6 +97,7 @@ finish() {
         echo "$_failed of $_checks checks FAILED"
         exit 1
     fi
-    echo "all $_checks checks passed"
+    # A job that checks nothing (the bench) says nothing of checks.
+    [ "$_checks" -eq 0 ] || echo "all $_checks checks passed"
     exit 0
 }
