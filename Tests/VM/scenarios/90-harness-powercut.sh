@@ -35,6 +35,16 @@ EOF
 machine=(--nvdimm "$dir/nvdimm.img:64M" --disk "$dir/disk.img:64M" --boot-retries 1)
 tag="cut-$RANDOM"
 
+echo "-- bad option values are refused before anything boots"
+for bad_option in "--boot-retries x:takes a count, not 'x'" "--kill-delay 1.5:takes whole seconds, not '1.5'"; do
+    option=${bad_option%%:*} message=${bad_option#*:}
+    # shellcheck disable=SC2086 # the option and its value are two words
+    out=$("$VM_RUN" $option --kill-on X "$dir/read.sh" 2>&1)
+    rc=$?
+    [ $rc -eq 2 ] && [[ $out == *"$message"* ]] && ok "$option: exit 2, \"$message\"" ||
+        bad "$option: exit $rc, $out"
+done
+
 echo "-- boot 1: write, then power cut on the WRITES-DONE line"
 "$VM_RUN" "${machine[@]}" --kill-on WRITES-DONE --result-file "$dir/r1" "$dir/write.sh" "$tag"
 rc=$?
