@@ -12,11 +12,15 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
 #endif
@@ -79,6 +83,29 @@ int pcs_punch_hole(int fd, uint64_t offset, uint64_t length) {
 int pcs_punch_hole_mode(void) { return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE; }
 
 int pcs_unshare_mount_namespace(void) { return unshare(CLONE_NEWNS) == 0 ? 0 : -errno; }
+
+void *pcs_map_prefaulted(size_t bytes, size_t alignment) {
+    // Map one alignment more than asked and cut off what lies outside the
+    // aligned range: mmap itself only promises page alignment.
+    char *raw = mmap(NULL, bytes + alignment, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    char *aligned = (char *)(((uintptr_t)raw + alignment - 1) & ~(uintptr_t)(alignment - 1));
+    if (aligned > raw) munmap(raw, (size_t)(aligned - raw));
+    size_t after = (size_t)(raw + bytes + alignment - (aligned + bytes));
+    if (after > 0) munmap(aligned + bytes, after);
+    (void)madvise(aligned, bytes, MADV_HUGEPAGE);  // advice: without THP the pages are small
+    if (madvise(aligned, bytes, MADV_POPULATE_WRITE) != 0) {
+        if (errno != EINVAL) {  // out of memory, say: report it rather than fault later
+            int saved = errno;
+            munmap(aligned, bytes);
+            errno = saved;
+            return NULL;
+        }
+        long page = sysconf(_SC_PAGESIZE);  // a kernel before 5.14
+        for (size_t at = 0; at < bytes; at += (size_t)page) ((volatile char *)aligned)[at] = 0;
+    }
+    return aligned;
+}
 
 unsigned pcs_major(uint64_t dev) { return major(dev); }
 unsigned pcs_minor(uint64_t dev) { return minor(dev); }

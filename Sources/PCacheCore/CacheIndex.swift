@@ -2,32 +2,36 @@ import CSupport
 
 /// The request index: one `SubtreeIndex` per 4 MiB stripe of the backing
 /// device, each behind its own lock (dm-pcache's `req_key_tree`). Requests on
-/// different stripes never share a lock.
+/// different stripes never share a lock. Leaves and directories come from one
+/// `IndexArena`.
 final class CacheIndex: @unchecked Sendable {
     /// One stripe: lock and index header on one cache line, so a request on
     /// the stripe misses on one line, not one per field.
     struct Shard {
         /// The stripe's lock (`pcs_word_lock`).
         var lockWord: UInt32 = 0
-        var keys = SubtreeIndex()
+        var keys: SubtreeIndex
         /// To 64 bytes: neighbouring stripes on separate cache lines.
-        var padding: (UInt64, UInt64) = (0, 0)
+        var padding: UInt64 = 0
     }
 
     let count: Int
     private let shards: UnsafeMutablePointer<Shard>
+    private let arena = IndexArena()
 
     init(backingBytes: UInt64) {
         count = Int((backingBytes + UInt64(PCacheLayout.subtreeSize) - 1) >> UInt64(PCacheLayout.subtreeShift))
         shards = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Shard>.stride, alignment: 64)
             .bindMemory(to: Shard.self, capacity: max(count, 1))
-        for i in 0..<count { (shards + i).initialize(to: Shard()) }
+        for i in 0..<count { (shards + i).initialize(to: Shard(keys: SubtreeIndex(arena: arena))) }
     }
 
     deinit {
-        for i in 0..<count { shards[i].keys.deallocate() }
+        shards.deinitialize(count: count)
         UnsafeMutableRawPointer(shards).deallocate()
+        arena.destroy()
     }
+
 
     @inline(__always)
     static func subtree(of offset: UInt64) -> Int { Int(offset >> UInt64(PCacheLayout.subtreeShift)) }
@@ -69,15 +73,11 @@ final class CacheIndex: @unchecked Sendable {
         return try body(&shard.pointee.keys)
     }
 
-    /// Keys and bytes of memory over all subtrees (takes every lock in turn).
+    /// Keys over all subtrees (takes every lock in turn), and the bytes the
+    /// index holds: the stripes' entries and the arena's chunks, used or not.
     func usage() -> (keys: Int, bytes: Int) {
-        var keys = 0, bytes = count * MemoryLayout<Shard>.stride
-        for i in 0..<count {
-            withShard(i) {
-                keys += $0.count
-                bytes += $0.memoryBytes
-            }
-        }
-        return (keys, bytes)
+        var keys = 0
+        for i in 0..<count { withShard(i) { keys += $0.count } }
+        return (keys, count * MemoryLayout<Shard>.stride + arena.mappedBytes)
     }
 }

@@ -5,6 +5,8 @@ import CSupport
 ///
 /// Two levels: a directory of leaves, each leaf a small sorted array of at
 /// most `leafCapacity` keys, and the directory sorted by each leaf's last key.
+/// Leaves and directories come from an `IndexArena` when one is given (the
+/// cache's index), else from malloc (short-lived indexes and tests).
 /// A lookup is two binary searches; an insert moves at most one leaf's keys.
 /// One flat sorted array was simpler, but an insert moved half the stripe's
 /// keys (kilobytes with a few hundred keys, up to 200 KiB at the 8192-key
@@ -45,14 +47,23 @@ public struct SubtreeIndex {
     private var allocatedLeaves = 0
     private var directoryCapacity = 0
     public private(set) var count = 0
+    /// Where leaves and directories come from; nil: malloc.
+    private let arena: IndexArena?
 
     /// Nothing is allocated for leaves until the first insert, so an index
     /// over a large backing device costs little until it is used.
     public init() {
-        directory = DirectoryBlock.allocate(capacity: 0, replacing: nil)
+        self.init(arena: nil)
     }
 
+    init(arena: IndexArena?) {
+        self.arena = arena
+        directory = DirectoryBlock.allocate(capacity: 0, replacing: nil, arena: arena)
+    }
+
+    /// Frees what came from malloc; what came from an arena goes with it.
     public func deallocate() {
+        guard arena == nil else { return }
         for i in 0..<allocatedLeaves { directory[i].keys.deallocate() }
         var block: UnsafeMutablePointer<Leaf>? = directory
         while let current = block {
@@ -82,9 +93,11 @@ public struct SubtreeIndex {
     private enum DirectoryBlock {
         static let headerBytes = 16
 
-        static func allocate(capacity: Int, replacing previous: UnsafeMutablePointer<Leaf>?) -> UnsafeMutablePointer<Leaf> {
-            let raw = UnsafeMutableRawPointer.allocate(
-                byteCount: headerBytes + max(capacity, 1) * MemoryLayout<Leaf>.stride, alignment: 16)
+        static func allocate(
+            capacity: Int, replacing previous: UnsafeMutablePointer<Leaf>?, arena: IndexArena?
+        ) -> UnsafeMutablePointer<Leaf> {
+            let bytes = headerBytes + max(capacity, 1) * MemoryLayout<Leaf>.stride
+            let raw = arena?.allocate(bytes: bytes) ?? UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
             raw.storeBytes(of: previous.map { UnsafeMutableRawPointer($0) }, as: UnsafeMutableRawPointer?.self)
             raw.storeBytes(of: capacity, toByteOffset: 8, as: Int.self)
             return (raw + headerBytes).bindMemory(to: Leaf.self, capacity: max(capacity, 1))
@@ -522,15 +535,18 @@ public struct SubtreeIndex {
                 // one is filled before it is published, and published before
                 // any leaf count that needs its room (see `leafHint(of:)`).
                 let newCapacity = max(directoryCapacity * 2, 4)
-                let grown = DirectoryBlock.allocate(capacity: newCapacity, replacing: directory)
+                let grown = DirectoryBlock.allocate(capacity: newCapacity, replacing: directory, arena: arena)
                 grown.initialize(from: directory, count: allocatedLeaves)
                 pcs_compiler_fence()
                 directory = grown
                 directoryCapacity = newCapacity
                 pcs_compiler_fence()
             }
-            (directory + allocatedLeaves).initialize(
-                to: Leaf(keys: .allocate(capacity: Self.leafCapacity), count: 0, lastEnd: 0))
+            let keys = arena.map {
+                $0.allocate(bytes: Self.leafCapacity * MemoryLayout<Extent>.stride)
+                    .bindMemory(to: Extent.self, capacity: Self.leafCapacity)
+            } ?? .allocate(capacity: Self.leafCapacity)
+            (directory + allocatedLeaves).initialize(to: Leaf(keys: keys, count: 0, lastEnd: 0))
             allocatedLeaves += 1
         }
         let spare = directory[leafCount]

@@ -158,10 +158,15 @@ import Testing
                       segment: UInt32(serial), segmentOffset: UInt32(serial % 1000) * 4096)
     }
 
-    @Test func randomEditsMatchASortedArray() {
+    /// With leaves and directories from malloc, and from an arena (the cache's index).
+    @Test(arguments: [false, true]) func randomEditsMatchASortedArray(inArena: Bool) {
         var rng = SeededGenerator(seed: 7)
-        var index = SubtreeIndex()
-        defer { index.deallocate() }
+        let arena = inArena ? IndexArena() : nil
+        var index = SubtreeIndex(arena: arena)
+        defer {
+            index.deallocate()
+            arena?.destroy()
+        }
         var reference = ReferenceIndex()
         var mostLeaves = 0
         for serial in 1...20_000 {

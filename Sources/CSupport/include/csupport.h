@@ -44,6 +44,12 @@ int pcs_punch_hole_mode(void);
 // unshare(CLONE_NEWNS): a mount namespace of the caller's own (the benchmark's
 // private tmpfs, gone with the process). 0 or -errno.
 int pcs_unshare_mount_namespace(void);
+// Anonymous memory of `bytes` (a multiple of `alignment`, a power of two),
+// aligned to `alignment`, asked for in transparent huge pages
+// (MADV_HUGEPAGE) and faulted in before it returns (MADV_POPULATE_WRITE, or
+// a store per page on kernels without it), so its first use takes no page
+// fault. NULL with errno set when it cannot be mapped. Free with munmap.
+void *pcs_map_prefaulted(size_t bytes, size_t alignment);
 // Major and minor numbers of a dev_t.
 unsigned pcs_major(uint64_t dev);
 unsigned pcs_minor(uint64_t dev);
