@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -137,4 +138,27 @@ void pcs_word_lock_contended(uint32_t *word) {
 
 void pcs_word_unlock_wake(uint32_t *word) {
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static uint64_t pcs_now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+size_t pcs_rewrite_pages(void *p, size_t bytes, size_t page, uint64_t slow_ns, uint64_t *slow_total) {
+    size_t slow = 0;
+    uint64_t total = 0, before = pcs_now_ns();
+    for (size_t at = 0; at < bytes; at += page) {
+        volatile char *byte = (volatile char *)p + at;
+        *byte = *byte;
+        uint64_t after = pcs_now_ns();
+        if (after - before > slow_ns) {
+            slow++;
+            total += after - before;
+        }
+        before = after;
+    }
+    *slow_total = total;
+    return slow;
 }

@@ -54,6 +54,13 @@ void *pcs_map_prefaulted(size_t bytes, size_t alignment);
 unsigned pcs_major(uint64_t dev);
 unsigned pcs_minor(uint64_t dev);
 
+// Writes one byte of every `page` bytes of [p, p + bytes) with the value it
+// holds: the pages count as written (to the kernel and to a hypervisor)
+// while their contents stay as they were. Volatile, so the compiler cannot
+// drop a store of what was just loaded. Returns how many pages took longer
+// than `slow_ns` nanoseconds, and their total nanoseconds in *slow_total.
+size_t pcs_rewrite_pages(void *p, size_t bytes, size_t page, uint64_t slow_ns, uint64_t *slow_total);
+
 // ---- atomics on plain memory ------------------------------------------------
 // Swift's Atomic cannot live in manually allocated arrays; these let per-segment
 // counters sit in one flat allocation.
