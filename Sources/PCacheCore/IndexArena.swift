@@ -21,7 +21,7 @@ import Glibc
 ///
 /// A handle: copies refer to the same arena. Allocation takes the arena's own
 /// lock, briefly; it happens only when a leaf splits or a directory grows
-/// (about one write in thirty of random 4 KiB writes to a growing index).
+/// (one write in 20 to 30 of random 4 KiB writes to a growing index).
 struct IndexArena {
     static let chunkBytes = 2 << 20
     /// Every block starts on a cache line of its own.
