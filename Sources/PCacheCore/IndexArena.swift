@@ -95,18 +95,31 @@ struct IndexArena {
                 pcs_word_unlock(&s.lock)
                 return block
             }
-            let chunk: UnsafeMutableRawPointer
             if let spare = s.spare {
-                chunk = spare
                 s.spare = nil
+                s.cursor = spare
+                s.remaining = Self.chunkBytes
+                pcs_word_unlock(&s.lock)
             } else {
-                chunk = Self.map(Self.chunkBytes)
+                // No spare ready: map one here, without the lock, so other
+                // threads' allocations do not wait for its page faults.
+                pcs_word_unlock(&s.lock)
+                let chunk = Self.map(Self.chunkBytes)
+                pcs_word_lock(&s.lock)
                 s.chunks.append((chunk, Self.chunkBytes))
                 s.mappedBytes += Self.chunkBytes
+                if s.remaining < size {
+                    s.cursor = chunk
+                    s.remaining = Self.chunkBytes
+                } else if s.spare == nil {
+                    s.spare = chunk  // another thread switched chunks meanwhile
+                } else {
+                    s.chunks.removeLast()
+                    s.mappedBytes -= Self.chunkBytes
+                    munmap(chunk, Self.chunkBytes)
+                }
+                pcs_word_unlock(&s.lock)
             }
-            s.cursor = chunk
-            s.remaining = Self.chunkBytes
-            pcs_word_unlock(&s.lock)
             requestRefill()
             pcs_word_lock(&s.lock)
             // Another thread may have moved the cursor meanwhile: take the
