@@ -32,7 +32,6 @@ final class CacheIndex: @unchecked Sendable {
         arena.destroy()
     }
 
-
     @inline(__always)
     static func subtree(of offset: UInt64) -> Int { Int(offset >> UInt64(PCacheLayout.subtreeShift)) }
 
