@@ -83,6 +83,7 @@ struct IndexArena {
         let size = (max(bytes, 1) + Self.blockAlignment - 1) & ~(Self.blockAlignment - 1)
         let s = state
         pcs_word_lock(&s.lock)
+        var switchedChunk = false
         if size > s.remaining {
             if size > Self.chunkBytes {
                 // A block larger than a chunk (the directory of a stripe with
@@ -95,46 +96,47 @@ struct IndexArena {
                 pcs_word_unlock(&s.lock)
                 return block
             }
+            switchedChunk = true
             if let spare = s.spare {
                 s.spare = nil
                 s.cursor = spare
                 s.remaining = Self.chunkBytes
-                pcs_word_unlock(&s.lock)
             } else {
                 // No spare ready: map one here, without the lock, so other
                 // threads' allocations do not wait for its page faults.
                 pcs_word_unlock(&s.lock)
                 let chunk = Self.map(Self.chunkBytes)
                 pcs_word_lock(&s.lock)
-                s.chunks.append((chunk, Self.chunkBytes))
-                s.mappedBytes += Self.chunkBytes
                 if s.remaining < size {
                     s.cursor = chunk
                     s.remaining = Self.chunkBytes
-                } else if s.spare == nil {
-                    s.spare = chunk  // another thread switched chunks meanwhile
+                    s.chunks.append((chunk, Self.chunkBytes))
+                    s.mappedBytes += Self.chunkBytes
                 } else {
-                    s.chunks.removeLast()
-                    s.mappedBytes -= Self.chunkBytes
-                    munmap(chunk, Self.chunkBytes)
+                    // Another thread switched chunks meanwhile, and the new
+                    // one has room: keep this chunk as the spare, if none is.
+                    offerSpare(chunk, to: s)
                 }
-                pcs_word_unlock(&s.lock)
-            }
-            requestRefill()
-            pcs_word_lock(&s.lock)
-            // Another thread may have moved the cursor meanwhile: take the
-            // block from wherever it is now, which has room unless that
-            // thread filled a whole chunk in between.
-            if size > s.remaining {
-                pcs_word_unlock(&s.lock)
-                return allocate(bytes: bytes)
             }
         }
         let block = s.cursor!
         s.cursor = block + size
         s.remaining -= size
         pcs_word_unlock(&s.lock)
+        if switchedChunk { requestRefill() }
         return block
+    }
+
+    /// Makes `chunk` the spare, or unmaps it when there is one already.
+    /// Called with the lock held.
+    private func offerSpare(_ chunk: UnsafeMutableRawPointer, to s: State) {
+        guard s.spare == nil else {
+            munmap(chunk, Self.chunkBytes)
+            return
+        }
+        s.spare = chunk
+        s.chunks.append((chunk, Self.chunkBytes))
+        s.mappedBytes += Self.chunkBytes
     }
 
     private func locked<R>(_ body: (State) -> R) -> R {
@@ -179,11 +181,7 @@ struct IndexArena {
             }
             if stop { return }
             guard spareChunk == nil, let chunk = pcs_map_prefaulted(Self.chunkBytes, Self.chunkBytes) else { continue }
-            locked {
-                $0.spare = chunk
-                $0.chunks.append((chunk, Self.chunkBytes))
-                $0.mappedBytes += Self.chunkBytes
-            }
+            locked { offerSpare(chunk, to: $0) }
         }
     }
 }
