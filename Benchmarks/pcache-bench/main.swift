@@ -71,7 +71,14 @@ struct Cell {
 /// Each thread is also pinned to a CPU of its own (the t-th of those the
 /// process may use), so that where the scheduler wakes it is not part of
 /// the figure.
-/// The window runs from the first thread's start to the last thread's end.
+/// The rate is taken over the window in which every thread was running: from
+/// the last thread's start to the first thread's end, counting the operations
+/// that completed inside it. The first thread to reach its share of `limit`
+/// stops the others, so the window is most of the cell. Before (2026-12-03)
+/// the window ran from the first start to the last end: in a 2-thread write
+/// cell of 10-20 ms, the thread that woke last from the start line, or that
+/// a wakeup had preempted, ran on alone for 1-6 ms at the end, and the cell
+/// counted that as time both threads had.
 /// `round` varies the random seeds, so successive rounds write new blocks.
 func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, round: Int = 0, _ makeOperation: (Int) -> (inout SeededRandom) -> Void) -> Cell {
     final class Box: @unchecked Sendable {
@@ -80,6 +87,9 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
         var cpuNanoseconds: UInt64 = 0
     }
     let boxes = (0..<threads).map { _ in Box() }
+    // Set by the first thread to reach its share of `limit`; on a line of its own.
+    let stop = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64).bindMemory(to: UInt32.self, capacity: 1)
+    stop.initialize(to: 0)
     let operations = (0..<threads).map { makeOperation($0) }
     let deadline = UInt64(seconds * 1e9)
     let capacity = min(limit, 4_000_000)
@@ -88,6 +98,7 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
     defer {
         pthread_barrier_destroy(startLine)
         startLine.deallocate()
+        UnsafeMutableRawPointer(stop).deallocate()
     }
     var workers: [OSThread] = []
     for t in 0..<threads {
@@ -103,11 +114,12 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
             let cpuBegin = threadCPUNanoseconds()
             let begin = monotonicNanoseconds()
             var now = begin
-            while now - begin < deadline && latencies.count < limit {
+            while now - begin < deadline && pcs_atomic_load_u32(stop) == 0 {
                 operation(&rng)
                 let after = monotonicNanoseconds()
                 latencies.append(UInt32(min(after - now, UInt64(UInt32.max))))
                 now = after
+                if latencies.count == limit { pcs_atomic_store_u32(stop, 1) }
             }
             box.begin = begin
             box.end = now
@@ -118,14 +130,23 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
         workers.append(thread)
     }
     for w in workers { w.join() }
-    let elapsed = Double(boxes.map(\.end).max()! - boxes.map(\.begin).min()!) / 1e9
+    let windowStart = boxes.map(\.begin).max()!, windowEnd = boxes.map(\.end).min()!
+    var inWindow = 0
+    for box in boxes {
+        var completed = box.begin
+        for latency in box.result.latencies {
+            completed += UInt64(latency)
+            if completed > windowEnd { break }
+            if completed > windowStart { inWindow += 1 }
+        }
+    }
     var all = boxes.flatMap { $0.result.latencies }
     all.sort()
     func percentile(_ p: Double) -> Double {
         all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1000
     }
     let cpuSeconds = Double(boxes.map(\.cpuNanoseconds).reduce(0, +)) / 1e9
-    return Cell(iops: Double(all.count) / elapsed, p50: percentile(0.5), p99: percentile(0.99), p999: percentile(0.999),
+    return Cell(iops: Double(inWindow) * 1e9 / Double(windowEnd - windowStart), p50: percentile(0.5), p99: percentile(0.99), p999: percentile(0.999),
                 perThreadCPURate: Double(all.count) / cpuSeconds)
 }
 
