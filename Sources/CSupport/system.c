@@ -59,6 +59,11 @@ void pcs_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), truncated);
 }
 
+int pcs_set_thread_idle_priority(void) {
+    struct sched_param param = {0};
+    return sched_setscheduler(0, SCHED_IDLE, &param) == 0 ? 0 : -errno;
+}
+
 int pcs_pin_thread_to_allowed_cpu(int n) {
     cpu_set_t allowed;
     if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -errno;

@@ -14,10 +14,19 @@ import Glibc
 /// of a large index spread over thousands of 4 KiB pages, so a write's search
 /// (a random stripe, a random leaf) usually missed the TLB as well as the
 /// cache. Here the whole index needs a few dozen TLB entries where the kernel
-/// gives huge pages, and page faults happen on a thread of the arena's own:
-/// it maps and faults in the next chunk while the current one fills, so the
-/// I/O path only moves a pointer. Only an index growing faster than that
-/// thread maps (or the first chunk) maps inline.
+/// gives huge pages, and page faults happen on a thread of the arena's own,
+/// which keeps a few chunks mapped and faulted in ahead of need, so the I/O
+/// path only moves a pointer. Only an index growing faster than that thread
+/// maps (or the first chunk) maps inline.
+///
+/// The refill thread runs at `SCHED_IDLE`: it maps on CPU time no queue
+/// thread wants, and the chunks it keeps ready (1/16 of what is mapped, at
+/// least two) cover the growth between such moments. Faulting in a chunk
+/// took 0.3-11 ms on this project's VMs (the hypervisor's faults on fresh
+/// memory), which at normal priority came out of a queue thread's CPU
+/// whenever both CPUs were busy. It hands chunks over through a ring of its
+/// own, without the arena's lock, so a thread that rarely runs never holds a
+/// lock a queue thread waits for.
 ///
 /// A handle: copies refer to the same arena. Allocation takes the arena's own
 /// lock, briefly; it happens only when a leaf splits or a directory grows
@@ -26,20 +35,39 @@ struct IndexArena {
     static let chunkBytes = 2 << 20
     /// Every block starts on a cache line of its own.
     static let blockAlignment = 64
+    /// Chunks the refill thread keeps ready: a sixteenth of what is mapped,
+    /// within these bounds.
+    static let minimumReadyChunks = 2
+    static let maximumReadyChunks = 16
 
     private final class State {
-        /// Guards the fields below except the refill thread's own.
+        /// Guards the fields below up to the ring.
         var lock: UInt32 = 0
         var cursor: UnsafeMutableRawPointer?
         var remaining = 0
+        /// Chunks mapped by allocations (inline, or for a large block).
         var chunks: [(base: UnsafeMutableRawPointer, bytes: Int)] = []
-        var mappedBytes = 0
-        /// A chunk mapped and faulted in ahead of need, nil while the refill
-        /// thread is making one.
-        var spare: UnsafeMutableRawPointer?
+        /// A chunk mapped inline that a concurrent chunk switch left unused;
+        /// the next switch takes it before the ring's.
+        var leftover: UnsafeMutableRawPointer?
+        /// Blocks handed out so far: the refill thread reads it to tell
+        /// whether the index is growing right now.
+        var allocations: UInt64 = 0
 
-        // The refill thread: started with the first chunk, woken when the
-        // spare is taken.
+        /// Bytes mapped by either side (atomic).
+        var mappedBytes: UInt64 = 0
+
+        // Ready chunks, single producer (the refill thread stores a slot,
+        // then advances `readyTail`) and single consumer (an allocation,
+        // holding `lock`, takes the slot at `readyHead`, then advances it).
+        let ready = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: maximumReadyChunks)
+        var readyHead: UInt64 = 0
+        var readyTail: UInt64 = 0
+        /// Chunks the refill thread mapped: its own until it is joined.
+        var refillChunks: [UnsafeMutableRawPointer] = []
+
+        // The refill thread: started with the first chunk, woken at every
+        // chunk switch.
         let refillMutex = PThreadMutex()
         let refillWanted = PThreadCondition()
         var refillRequested = false
@@ -66,16 +94,34 @@ struct IndexArena {
         }
         s.refillThread?.join()
         for chunk in s.chunks { munmap(chunk.base, chunk.bytes) }
+        for chunk in s.refillChunks { munmap(chunk, Self.chunkBytes) }
+        s.ready.deallocate()
         s.refillMutex.destroy()
         s.refillWanted.destroy()
         unmanagedState.release()
     }
 
-    /// Bytes mapped, the spare chunk included: what the arena holds, used or not.
-    var mappedBytes: Int { locked { $0.mappedBytes } }
+    /// Bytes mapped, ready chunks included: what the arena holds, used or not.
+    var mappedBytes: Int {
+        let s = state
+        return Int(pcs_atomic_load_u64(&s.mappedBytes))
+    }
 
-    /// The spare chunk, if one is ready (for tests).
-    var spareChunk: UnsafeMutableRawPointer? { locked { $0.spare } }
+    /// Chunks mapped ahead and not yet used (for tests).
+    var readyChunks: Int {
+        locked { s in
+            Int(pcs_atomic_load_u64(&s.readyTail) - s.readyHead) + (s.leftover == nil ? 0 : 1)
+        }
+    }
+
+    /// The chunk the next chunk switch will use, if one is ready (for tests).
+    var nextReadyChunk: UnsafeMutableRawPointer? {
+        locked { s in
+            if let leftover = s.leftover { return leftover }
+            guard s.readyHead < pcs_atomic_load_u64(&s.readyTail) else { return nil }
+            return s.ready[Int(s.readyHead % UInt64(Self.maximumReadyChunks))]
+        }
+    }
 
     /// `bytes` of zeroed memory on a cache line of its own. Stops the process
     /// when no memory can be mapped, as a failed malloc in Swift does.
@@ -92,14 +138,14 @@ struct IndexArena {
                 let bytes = (size + Self.chunkBytes - 1) & ~(Self.chunkBytes - 1)
                 let block = Self.map(bytes)
                 s.chunks.append((block, bytes))
-                s.mappedBytes += bytes
+                pcs_atomic_add_u64(&s.mappedBytes, UInt64(bytes))
                 pcs_word_unlock(&s.lock)
                 return block
             }
             switchedChunk = true
-            if let spare = s.spare {
-                s.spare = nil
-                s.cursor = spare
+            if let chunk = s.leftover ?? takeReadyChunk(s) {
+                if chunk == s.leftover { s.leftover = nil }
+                s.cursor = chunk
                 s.remaining = Self.chunkBytes
             } else {
                 // No spare ready: map one here, without the lock, so other
@@ -111,32 +157,35 @@ struct IndexArena {
                     s.cursor = chunk
                     s.remaining = Self.chunkBytes
                     s.chunks.append((chunk, Self.chunkBytes))
-                    s.mappedBytes += Self.chunkBytes
-                } else {
+                    pcs_atomic_add_u64(&s.mappedBytes, UInt64(Self.chunkBytes))
+                } else if s.leftover == nil {
                     // Another thread switched chunks meanwhile, and the new
-                    // one has room: keep this chunk as the spare, if none is.
-                    offerSpare(chunk, to: s)
+                    // one has room: the next switch takes this chunk.
+                    s.leftover = chunk
+                    s.chunks.append((chunk, Self.chunkBytes))
+                    pcs_atomic_add_u64(&s.mappedBytes, UInt64(Self.chunkBytes))
+                } else {
+                    munmap(chunk, Self.chunkBytes)
                 }
             }
         }
         let block = s.cursor!
         s.cursor = block + size
         s.remaining -= size
+        pcs_single_writer_add_u64(&s.allocations, 1)
         pcs_word_unlock(&s.lock)
         if switchedChunk { requestRefill() }
         return block
     }
 
-    /// Makes `chunk` the spare, or unmaps it when there is one already.
-    /// Called with the lock held.
-    private func offerSpare(_ chunk: UnsafeMutableRawPointer, to s: State) {
-        guard s.spare == nil else {
-            munmap(chunk, Self.chunkBytes)
-            return
-        }
-        s.spare = chunk
-        s.chunks.append((chunk, Self.chunkBytes))
-        s.mappedBytes += Self.chunkBytes
+    /// The oldest ready chunk, if the refill thread has one. Called with the
+    /// lock held: the lock makes the allocations one consumer.
+    private func takeReadyChunk(_ s: State) -> UnsafeMutableRawPointer? {
+        let head = s.readyHead
+        guard head < pcs_atomic_load_u64(&s.readyTail) else { return nil }
+        let chunk = s.ready[Int(head % UInt64(Self.maximumReadyChunks))]
+        pcs_atomic_store_u64(&s.readyHead, head + 1)
+        return chunk
     }
 
     private func locked<R>(_ body: (State) -> R) -> R {
@@ -170,9 +219,17 @@ struct IndexArena {
         }
     }
 
-    /// Maps a spare whenever there is none, until the arena is destroyed.
+    /// How many chunks the refill thread keeps ready.
+    private func wantedReadyChunks(_ s: State) -> UInt64 {
+        let share = pcs_atomic_load_u64(&s.mappedBytes) / 16 / UInt64(Self.chunkBytes)
+        return min(max(share, UInt64(Self.minimumReadyChunks)), UInt64(Self.maximumReadyChunks))
+    }
+
+    /// Tops the ready chunks up at every chunk switch (and every second),
+    /// until the arena is destroyed.
     private func refillLoop() {
         let s = state
+        _ = pcs_set_thread_idle_priority()  // if refused, it maps at normal priority, as before
         while true {
             let stop = s.refillMutex.withLock { () -> Bool in
                 while !s.refillRequested && !s.stopping { s.refillWanted.wait(s.refillMutex, nanoseconds: 1_000_000_000) }
@@ -180,8 +237,26 @@ struct IndexArena {
                 return s.stopping
             }
             if stop { return }
-            guard spareChunk == nil, let chunk = pcs_map_prefaulted(Self.chunkBytes, Self.chunkBytes) else { continue }
-            locked { offerSpare(chunk, to: $0) }
+            while !s.refillMutex.withLock({ s.stopping }) {
+                let tail = s.readyTail  // this thread is the only one to store it
+                let ready = tail - pcs_atomic_load_u64(&s.readyHead)
+                guard ready < wantedReadyChunks(s) else { break }
+                if ready > 0 {
+                    // Not urgent: wait for a millisecond without allocations.
+                    // Even at SCHED_IDLE the scheduler now and then gives this
+                    // thread a whole slice on a busy CPU (4 ms, a tick, taken
+                    // from a queue thread seven times in one benchmark run),
+                    // so it maps while the index is not growing.
+                    let before = pcs_atomic_load_u64(&s.allocations)
+                    usleep(1000)
+                    guard pcs_atomic_load_u64(&s.allocations) == before else { continue }
+                }
+                guard let chunk = pcs_map_prefaulted(Self.chunkBytes, Self.chunkBytes) else { break }
+                s.ready[Int(tail % UInt64(Self.maximumReadyChunks))] = chunk
+                s.refillChunks.append(chunk)
+                pcs_atomic_add_u64(&s.mappedBytes, UInt64(Self.chunkBytes))
+                pcs_atomic_store_u64(&s.readyTail, tail + 1)
+            }
         }
     }
 }

@@ -26,8 +26,9 @@ import Testing
         blocks.sort { $0.start < $1.start }
         for (a, b) in zip(blocks, blocks.dropFirst()) { #expect(a.end <= b.start, "blocks overlap") }
         #expect(arena.mappedBytes % IndexArena.chunkBytes == 0)
-        #expect(arena.mappedBytes >= asked && arena.mappedBytes <= asked + 3 * IndexArena.chunkBytes,
-                "chunks are filled before new ones are mapped (one more may be a spare)")
+        #expect(arena.mappedBytes >= asked
+                && arena.mappedBytes <= asked + (2 + IndexArena.minimumReadyChunks) * IndexArena.chunkBytes,
+                "chunks are filled before new ones are mapped (beyond the ready ones and a leftover)")
     }
 
     /// A block larger than a chunk gets a mapping of its own, and the chunk
@@ -36,29 +37,46 @@ import Testing
         let arena = IndexArena()
         defer { arena.destroy() }
         let first = arena.allocate(bytes: 64)
-        try waitFor { arena.spareChunk != nil }
+        try waitFor { arena.readyChunks == IndexArena.minimumReadyChunks }
         let large = arena.allocate(bytes: IndexArena.chunkBytes + 1)
-        #expect(arena.mappedBytes == 4 * IndexArena.chunkBytes, "one chunk, a spare, and two for the large block")
+        #expect(arena.mappedBytes == (3 + IndexArena.minimumReadyChunks) * IndexArena.chunkBytes,
+                "one chunk, the ready ones, and two for the large block")
         large.storeBytes(of: 1, toByteOffset: IndexArena.chunkBytes, as: UInt8.self)
         let next = arena.allocate(bytes: 64)
         #expect(next == first + 64, "small blocks still come from the first chunk")
     }
 
-    /// Once the first chunk is in use, the arena's thread maps the next one
-    /// ahead; when the current chunk is full, the next block comes from that
-    /// spare, and the thread maps a new one.
-    @Test func theNextChunkIsMappedAhead() throws {
+    /// Once the first chunk is in use, the arena's thread maps the next ones
+    /// ahead; when the current chunk is full, the next block comes from the
+    /// oldest ready chunk, and the thread maps another.
+    @Test func theNextChunksAreMappedAhead() throws {
         let arena = IndexArena()
         defer { arena.destroy() }
         _ = arena.allocate(bytes: IndexArena.chunkBytes)
-        try waitFor { arena.spareChunk != nil }
-        #expect(arena.mappedBytes == 2 * IndexArena.chunkBytes, "the chunk in use and a spare")
-        let spare = arena.spareChunk
+        let ready = IndexArena.minimumReadyChunks
+        try waitFor { arena.readyChunks == ready }
+        #expect(arena.mappedBytes == (1 + ready) * IndexArena.chunkBytes, "the chunk in use and the ready ones")
+        let oldest = arena.nextReadyChunk
+        #expect(oldest != nil)
         let next = arena.allocate(bytes: 64)
-        #expect(next == spare, "the full chunk's successor is the spare")
-        try waitFor { arena.spareChunk != nil }
-        #expect(arena.mappedBytes == 3 * IndexArena.chunkBytes, "the spare went into use and was replaced")
-        #expect(arena.spareChunk != spare)
+        #expect(next == oldest, "the full chunk's successor is the oldest ready chunk")
+        try waitFor { arena.readyChunks == ready }
+        #expect(arena.mappedBytes == (2 + ready) * IndexArena.chunkBytes, "the used ready chunk was replaced")
+        #expect(arena.nextReadyChunk != oldest)
+    }
+
+    /// The ready chunks grow with the index: a sixteenth of what is mapped,
+    /// within bounds.
+    @Test func readyChunksFollowTheIndexSize() throws {
+        let arena = IndexArena()
+        defer { arena.destroy() }
+        // 64 chunks in use: a sixteenth of what is then mapped is 4.
+        for _ in 0..<64 { _ = arena.allocate(bytes: IndexArena.chunkBytes) }
+        try waitFor { arena.readyChunks >= 4 }
+        let mapped = arena.mappedBytes / IndexArena.chunkBytes
+        #expect(arena.readyChunks == mapped / 16 || arena.readyChunks == mapped / 16 - 1,
+                "\(arena.readyChunks) ready of \(mapped) mapped")
+        #expect(arena.readyChunks <= IndexArena.maximumReadyChunks)
     }
 
     /// Threads allocating at once get disjoint blocks, across chunk switches.

@@ -34,6 +34,9 @@ void pcs_set_thread_name(const char *name);
 // of the CPUs it may run on now, so a taskset or cpuset is respected.
 // The CPU's number, or -errno.
 int pcs_pin_thread_to_allowed_cpu(int n);
+// Moves the calling thread to SCHED_IDLE: it runs only on a CPU nothing else
+// wants. 0, or -errno.
+int pcs_set_thread_idle_priority(void);
 // PR_SET_IO_FLUSHER for the calling thread: its allocations must not recurse
 // into writeback of the device it serves. 0 or -errno.
 int pcs_set_io_flusher(void);
