@@ -148,7 +148,7 @@ struct IndexArena {
                 s.cursor = chunk
                 s.remaining = Self.chunkBytes
             } else {
-                // No spare ready: map one here, without the lock, so other
+                // No chunk ready: map one here, without the lock, so other
                 // threads' allocations do not wait for its page faults.
                 pcs_word_unlock(&s.lock)
                 let chunk = Self.map(Self.chunkBytes)
