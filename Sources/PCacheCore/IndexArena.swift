@@ -225,8 +225,8 @@ struct IndexArena {
         return min(max(share, UInt64(Self.minimumReadyChunks)), UInt64(Self.maximumReadyChunks))
     }
 
-    /// Tops the ready chunks up at every chunk switch (and every second),
-    /// until the arena is destroyed.
+    /// Tops the ready chunks up after every chunk switch, until the arena is
+    /// destroyed.
     private func refillLoop() {
         let s = state
         _ = pcs_set_thread_idle_priority()  // if refused, it maps at normal priority, as before
