@@ -10,10 +10,10 @@
 // the table path; on real x86 hardware the instruction path is about 10x
 // faster. (The kernel picks its RAID-6 and xor routines the same way.)
 #include "csupport.h"
+#include "internal.h"
 
 #include <pthread.h>
 #include <string.h>
-#include <time.h>
 
 #define POLY 0x82f63b78u  // reflected Castagnoli polynomial
 
@@ -165,12 +165,6 @@ static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, size_t len) {
 #endif
 
 #if defined(__x86_64__)
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 // Best of five 4 KiB runs of each path (the tables are built by now). The
 // instruction path keeps its place unless the tables beat it by half.
 static int sse42_is_faster(void) {
@@ -179,11 +173,11 @@ static int sse42_is_faster(void) {
     uint64_t best_sse42 = UINT64_MAX, best_tables = UINT64_MAX;
     volatile uint32_t sink = 0;
     for (int round = 0; round < 5; round++) {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = pcs_monotonic_ns();
         sink ^= crc32c_sse42(sink, sample, sizeof sample);
-        uint64_t t1 = now_ns();
+        uint64_t t1 = pcs_monotonic_ns();
         sink ^= crc32c_tables(sink, sample, sizeof sample);
-        uint64_t t2 = now_ns();
+        uint64_t t2 = pcs_monotonic_ns();
         if (t1 - t0 < best_sse42) best_sse42 = t1 - t0;
         if (t2 - t1 < best_tables) best_tables = t2 - t1;
     }

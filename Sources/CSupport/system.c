@@ -1,6 +1,7 @@
 // GNU-only libc calls, kept out of Swift's view of the headers.
 #define _GNU_SOURCE
 #include "csupport.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -145,7 +146,7 @@ void pcs_word_unlock_wake(uint32_t *word) {
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-static uint64_t pcs_now_ns(void) {
+uint64_t pcs_monotonic_ns(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
@@ -153,11 +154,11 @@ static uint64_t pcs_now_ns(void) {
 
 size_t pcs_rewrite_pages(void *p, size_t bytes, size_t page, uint64_t slow_ns, uint64_t *slow_total) {
     size_t slow = 0;
-    uint64_t total = 0, before = pcs_now_ns();
+    uint64_t total = 0, before = pcs_monotonic_ns();
     for (size_t at = 0; at < bytes; at += page) {
         volatile char *byte = (volatile char *)p + at;
         *byte = *byte;
-        uint64_t after = pcs_now_ns();
+        uint64_t after = pcs_monotonic_ns();
         if (after - before > slow_ns) {
             slow++;
             total += after - before;
