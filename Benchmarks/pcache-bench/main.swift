@@ -74,7 +74,12 @@ struct Cell {
 /// The rate is taken over the window in which every thread was running: from
 /// the last thread's start to the first thread's end, counting the operations
 /// that completed inside it. The first thread to reach its share of `limit`
-/// stops the others, so the window is most of the cell. Before (2026-12-03)
+/// stops the others, so the window is most of the cell. Past the barrier each
+/// thread counts itself in, then waits, yielding, until all have: a thread woken
+/// late from the barrier once started after the other had finished its share
+/// (2026-12-03), and the window was empty. Should a thread still lose the CPU
+/// for the whole cell after that, the cell falls back to the sum of each
+/// thread's own rate and says so. Before (2026-12-03)
 /// the window ran from the first start to the last end: in a 2-thread write
 /// cell of 10-20 ms, the thread that woke last from the start line, or that
 /// a wakeup had preempted, ran on alone for 1-6 ms at the end, and the cell
@@ -90,6 +95,9 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
     // Set by the first thread to reach its share of `limit`; on a line of its own.
     let stop = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64).bindMemory(to: UInt32.self, capacity: 1)
     stop.initialize(to: 0)
+    // How many threads are past the start line; on a line of its own.
+    let started = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64).bindMemory(to: UInt32.self, capacity: 1)
+    started.initialize(to: 0)
     let operations = (0..<threads).map { makeOperation($0) }
     let deadline = UInt64(seconds * 1e9)
     let capacity = min(limit, 4_000_000)
@@ -99,6 +107,7 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
         pthread_barrier_destroy(startLine)
         startLine.deallocate()
         UnsafeMutableRawPointer(stop).deallocate()
+        UnsafeMutableRawPointer(started).deallocate()
     }
     var workers: [OSThread] = []
     for t in 0..<threads {
@@ -111,6 +120,8 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
             var latencies = [UInt32](repeating: 0, count: capacity)
             latencies.removeAll(keepingCapacity: true)
             pthread_barrier_wait(startLine)
+            _ = pcs_atomic_add_u32(started, 1)
+            while pcs_atomic_load_u32(started) < UInt32(threads) { sched_yield() }
             let cpuBegin = threadCPUNanoseconds()
             let begin = monotonicNanoseconds()
             var now = begin
@@ -146,7 +157,14 @@ func measure(threads: Int, seconds: Double = seconds, limit: Int = Int.max, roun
         all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1000
     }
     let cpuSeconds = Double(boxes.map(\.cpuNanoseconds).reduce(0, +)) / 1e9
-    return Cell(iops: Double(inWindow) * 1e9 / Double(windowEnd - windowStart), p50: percentile(0.5), p99: percentile(0.99), p999: percentile(0.999),
+    let iops: Double
+    if windowEnd > windowStart {
+        iops = Double(inWindow) * 1e9 / Double(windowEnd - windowStart)
+    } else {
+        print("  (no moment when all \(threads) threads ran: the cell's rate is the sum of each thread's own)")
+        iops = boxes.reduce(0) { $0 + Double($1.result.operations) * 1e9 / Double(max($1.end - $1.begin, 1)) }
+    }
+    return Cell(iops: iops, p50: percentile(0.5), p99: percentile(0.99), p999: percentile(0.999),
                 perThreadCPURate: Double(all.count) / cpuSeconds)
 }
 
