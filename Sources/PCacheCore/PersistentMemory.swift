@@ -151,7 +151,10 @@ public final class MappedPersistentMemory: PersistentMemory, @unchecked Sendable
     public init(path: String, readOnly: Bool = false, mode forcedMode: PersistenceMode? = nil) throws {
         self.path = path
         self.isReadOnly = readOnly
-        let fd = open(path, readOnly ? O_RDONLY | O_CLOEXEC : O_RDWR | O_CLOEXEC)
+        // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, and
+        // the check below refuses it anyway. It changes nothing for the
+        // kinds of file accepted.
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw PCacheError.system(operation: "open", path: path, errno: errno) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
@@ -160,14 +163,20 @@ public final class MappedPersistentMemory: PersistentMemory, @unchecked Sendable
             throw PCacheError.system(operation: "stat", path: path, errno: e)
         }
         let kind = st.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFBLK || (kind == S_IFCHR && Self.isDeviceDAX(rdev: st.st_rdev)) else {
+            close(fd)
+            let what = kind == S_IFCHR ? "a character device that is not device-DAX" : "not a regular file, block device or DAX device"
+            throw PCacheError.mappingFailed(path: path, reason: what)
+        }
         if !readOnly && kind != S_IFBLK {
             // Regular file or device-DAX: libpmem sizes, maps and classifies it.
             close(fd)
             var mappedLength = 0
             var pmem: Int32 = 0
             guard let p = pmem_map_file(path, 0, 0, 0, &mappedLength, &pmem) else {
-                let message = pmem_errormsg().map { String(cString: $0) } ?? "unknown error"
-                throw PCacheError.mappingFailed(path: path, reason: message)
+                let e = errno
+                let message = pmem_errormsg().map { String(cString: $0) } ?? ""
+                throw PCacheError.mappingFailed(path: path, reason: message.isEmpty ? String(cString: strerror(e)) : message)
             }
             base = p
             size = mappedLength
@@ -221,6 +230,17 @@ public final class MappedPersistentMemory: PersistentMemory, @unchecked Sendable
     }
 
     /// Size of a device-DAX character device, from sysfs.
+    /// Whether the character device `rdev` is device-DAX (`/dev/daxX.Y`):
+    /// its sysfs node belongs to the `dax` subsystem.
+    public static func isDeviceDAX(rdev: dev_t) -> Bool {
+        let link = "/sys/dev/char/\(pcs_major(UInt64(rdev))):\(pcs_minor(UInt64(rdev)))/subsystem"
+        var buffer = [CChar](repeating: 0, count: 512)
+        let n = readlink(link, &buffer, buffer.count - 1)
+        guard n > 0 else { return false }
+        let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return target.hasSuffix("/dax")
+    }
+
     private static func deviceDAXSize(rdev: dev_t, path: String) throws -> Int {
         let sysfs = "/sys/dev/char/\(pcs_major(UInt64(rdev))):\(pcs_minor(UInt64(rdev)))/size"
         let fd = open(sysfs, O_RDONLY | O_CLOEXEC)

@@ -248,7 +248,7 @@ struct DeviceIdentity {
         switch format {
         case S_IFBLK: kind = .block
         case S_IFREG: kind = .regular
-        case S_IFCHR where role == .cache && isDAXCharacterDevice(UInt64(st.st_rdev)): kind = .daxCharacter
+        case S_IFCHR where role == .cache && MappedPersistentMemory.isDeviceDAX(rdev: st.st_rdev): kind = .daxCharacter
         default:
             let allowed = role == .cache ? "a block device, a DAX character device or a regular file"
                                          : "a block device or a regular file"
@@ -277,16 +277,6 @@ struct DeviceIdentity {
         }
         return DeviceIdentity(kind: kind, device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
                               rdev: UInt64(st.st_rdev), bytes: bytes)
-    }
-
-    /// A device-DAX node (/dev/daxX.Y): its sysfs entry belongs to the dax subsystem.
-    static func isDAXCharacterDevice(_ rdev: UInt64) -> Bool {
-        let link = "/sys/dev/char/\(pcs_major(rdev)):\(pcs_minor(rdev))/subsystem"
-        var buffer = [CChar](repeating: 0, count: 512)
-        let n = readlink(link, &buffer, buffer.count - 1)
-        guard n > 0 else { return false }
-        let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return target.hasSuffix("/dax")
     }
 }
 

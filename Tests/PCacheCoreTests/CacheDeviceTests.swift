@@ -31,6 +31,22 @@ import Testing
         #expect(again.segmentChain == Array(0..<31))
     }
 
+    /// A FIFO used to hang the open (waiting for a writer), and a character
+    /// device that is not device-DAX got an empty reason from libpmem.
+    @Test func filesThatCannotBeACacheAreRefusedAtOnce() throws {
+        let fifo = NSTemporaryDirectory() + "pcache-fifo-\(getpid())"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        for readOnly in [true, false] {
+            #expect(throws: PCacheError.mappingFailed(path: fifo, reason: "not a regular file, block device or DAX device")) {
+                try MappedPersistentMemory(path: fifo, readOnly: readOnly)
+            }
+            #expect(throws: PCacheError.mappingFailed(path: "/dev/null", reason: "a character device that is not device-DAX")) {
+                try MappedPersistentMemory(path: "/dev/null", readOnly: readOnly)
+            }
+        }
+    }
+
     @Test func tooSmallIsRefused() throws {
         let path = try temporaryFile(size: (512 << 20) - 4096)
         defer { unlink(path) }
