@@ -78,9 +78,7 @@ enum AddCommand {
         default:
             throw UblkCLI.UsageError("--table and --null exclude each other")
         }
-        if access(UblkControl.path, F_OK) != 0 {
-            throw UblkCLI.Failure("\(UblkControl.path) is missing: load the driver with 'modprobe ublk_drv'")
-        }
+        try UblkCLI.requireDriver()
         try RuntimeFiles.ensureDirectory()
 
         if !parsed.has("foreground") {

@@ -34,6 +34,7 @@ enum DelCommand {
             let given = try parsed.deviceID()
             if parsed.has("all") && given != nil { throw UblkCLI.UsageError("-n and --all exclude each other") }
             if !parsed.has("all") && given == nil { throw UblkCLI.UsageError("-n <id> or --all is required") }
+            try UblkCLI.requireDriver()
             let control = try UblkControl()
             var ids: [UInt32]
             if parsed.has("all") {

@@ -25,6 +25,7 @@ enum ListCommand {
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
             }
+            try UblkCLI.requireDriver()
             let entries = try collect()
             UblkCLI.printOut(parsed.has("json") ? json(entries) : table(entries))
             return 0

@@ -19,17 +19,31 @@ enum MessageCommand {
             return 0
         }
         return UblkCLI.run("message", usage: usage) {
+            // The message's words stay positional even when they look like
+            // options ("gc_percent -1" is refused by the target's own words),
+            // so an id given after them is picked out here.
             let parsed = try UblkCLI.Arguments(
                 args, valued: ["-n": "id", "--id": "id"], flags: [:], stopAtPositional: true)
-            guard let id = try parsed.deviceID() else { throw UblkCLI.UsageError("-n <id> is required") }
-            guard !parsed.positional.isEmpty else { throw UblkCLI.UsageError("no message given") }
+            var words = parsed.positional
+            var id = try parsed.deviceID()
+            if id == nil, let at = words.firstIndex(where: { $0 == "-n" || $0 == "--id" || $0.hasPrefix("--id=") }) {
+                let trailing = try UblkCLI.Arguments(Array(words[at...]), valued: ["-n": "id", "--id": "id"], flags: [:])
+                guard trailing.positional.isEmpty else {
+                    throw UblkCLI.UsageError("unexpected argument '\(trailing.positional[0])' after the device id")
+                }
+                id = try trailing.deviceID()
+                words.removeSubrange(at...)
+            }
+            guard let id else { throw UblkCLI.UsageError("-n <id> is required") }
+            guard !words.isEmpty else { throw UblkCLI.UsageError("no message given") }
             // Refuse a malformed message here, with the same words the target uses.
             do {
-                _ = try PCacheMessage.parse(parsed.positional)
+                _ = try PCacheMessage.parse(words)
             } catch {
                 throw UblkCLI.Failure("\(error)")
             }
-            switch try UblkCLI.ask(id, "message " + parsed.positional.joined(separator: " ")) {
+            try UblkCLI.requireDriver()
+            switch try UblkCLI.ask(id, "message " + words.joined(separator: " ")) {
             case .ok(let lines):
                 for line in lines { UblkCLI.printOut(line) }
                 return 0

@@ -40,6 +40,7 @@ enum RecoverCommand {
 
     private static func recover(_ parsed: UblkCLI.Arguments, args: [String], readiness: UblkCLI.Readiness) throws -> Int32 {
         guard let id = try parsed.deviceID() else { throw UblkCLI.UsageError("-n <id> is required") }
+        try UblkCLI.requireDriver()
         let info = try UblkControl().deviceInfo(id)
         guard let record = RuntimeFiles.readRecord(id) else {
             throw UblkCLI.Failure("no record of what /dev/ublkb\(id) serves (\(RuntimeFiles.recordPath(id)) missing)")

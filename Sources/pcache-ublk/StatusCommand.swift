@@ -32,6 +32,7 @@ enum StatusCommand {
                 throw UblkCLI.UsageError("--table, --info and --stats exclude each other")
             }
             let request = chosen.first ?? "status"
+            try UblkCLI.requireDriver()
             if let id = try parsed.deviceID() {
                 switch try UblkCLI.ask(id, request) {
                 case .ok(let lines):

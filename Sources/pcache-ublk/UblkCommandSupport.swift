@@ -157,6 +157,14 @@ enum UblkCLI {
         return "\(tenths / 10).\(tenths % 10) \(units[unit])"
     }
 
+    /// Refuses to go on without the ublk driver, naming what to load: without
+    /// it there are no devices, and an empty list would hide why.
+    static func requireDriver() throws {
+        if access(UblkControl.path, F_OK) != 0 {
+            throw Failure("\(UblkControl.path) is missing: load the driver with 'modprobe ublk_drv'")
+        }
+    }
+
     /// Ids of the ublk devices the kernel has, from /sys/class/ublk-char.
     static func deviceIDs() -> [UInt32] {
         guard let dir = opendir("/sys/class/ublk-char") else { return [] }

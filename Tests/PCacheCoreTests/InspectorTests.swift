@@ -155,4 +155,19 @@ import Testing
         #expect(try run(["dump", path, "--bogus"]).status == 2)
         #expect(try run(["dump", "/nonexistent/device"]).status == 2)
     }
+
+    /// On a host without ublk_drv (this one), every verb that needs the driver
+    /// says so, rather than listing nothing or blaming the device id.
+    @Test(.enabled(if: binary != nil && access("/dev/ublk-control", F_OK) != 0))
+    func verbsNameTheMissingDriver() throws {
+        for verb in [["list"], ["status"], ["status", "-n", "0"], ["message", "-n", "0", "gc_percent", "10"],
+                     ["message", "gc_percent", "10", "-n", "0"], ["del", "-n", "0"], ["recover", "-n", "0"]] {
+            let result = try run(verb)
+            #expect(result.status == 1, "\(verb)")
+            #expect(result.error.contains("/dev/ublk-control is missing: load the driver with 'modprobe ublk_drv'"), "\(verb): \(result.error)")
+        }
+        // Words after the id are still a usage error, and a bad value is refused before the driver is looked for.
+        #expect(try run(["message", "gc_percent", "10", "-n", "0", "x"]).status == 2)
+        #expect(try run(["message", "gc_percent", "-1", "-n", "0"]).error.contains("Invalid gc_percent value"))
+    }
 }
