@@ -258,6 +258,7 @@ public enum ControlSocketClient {
             while done < buf.count {
                 let n = send(fd, buf.baseAddress! + done, buf.count - done, Int32(MSG_NOSIGNAL))
                 if n < 0 && errno == EINTR { continue }
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { errno = ETIMEDOUT }
                 if n <= 0 { return false }
                 done += n
             }
@@ -270,6 +271,9 @@ public enum ControlSocketClient {
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {  // SO_RCVTIMEO ran out
+                    throw SystemError(errno: ETIMEDOUT, "\(path): no reply within \(timeout) s")
+                }
                 throw SystemError.last("read reply from \(path)")
             }
             if n == 0 { break }

@@ -207,6 +207,27 @@ final class SocketFixture {
         f.server.stop()  // idempotent
     }
 
+    /// A server that takes the connection and never answers: the client
+    /// says it waited, not "Resource temporarily unavailable".
+    @Test func aServerThatNeverRepliesIsATimeout() throws {
+        let dir = TemporaryDirectory()
+        let path = dir.file("mute.sock")
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = makeUnixAddress(path)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0 && listen(listener, 1) == 0)
+        do {
+            _ = try ControlSocketClient.request(path: path, "status", timeout: 1)
+            Issue.record("a reply from a server that sends none")
+        } catch let error as SystemError {
+            #expect(error.errno == ETIMEDOUT)
+            #expect("\(error)".contains("no reply within 1 s"), "\(error)")
+        }
+    }
+
     @Test func staleSocketFileIsReplaced() throws {
         let dir = TemporaryDirectory()
         let path = dir.file("s.sock")
