@@ -106,26 +106,35 @@ public struct PCacheTable: Sendable, Equatable {
         var rest = args[2...]
         if let countWord = rest.first {
             rest = rest.dropFirst()
-            guard let count = parseOptionCount(countWord), count <= 6, count <= rest.count else {
-                throw PCacheTableError("Invalid number of cache option arguments")
+            guard let count = parseOptionCount(countWord) else {
+                throw PCacheTableError("Invalid number of cache option arguments", detail: "'\(countWord)' is not a count")
+            }
+            guard count <= 6, count <= rest.count else {
+                throw PCacheTableError(
+                    "Invalid number of cache option arguments",
+                    detail: count > 6 ? "\(count), at most 6" : "\(count), but \(rest.count) \(rest.count == 1 ? "word follows" : "words follow")")
             }
             var group = rest.prefix(count)
             rest = rest.dropFirst(count)
+            // A value the count leaves out of the group: named, as the kernel's
+            // words alone ("Missing value") read as if it were not there.
+            let cutOff = rest.first.map { "the option count is \(count); '\($0)' lies after the group" }
             while let name = group.first {
                 group = group.dropFirst()
                 switch name {
                 case "cache_mode":
-                    guard let value = group.first else { throw PCacheTableError("Missing value for cache_mode") }
+                    guard let value = group.first else { throw PCacheTableError("Missing value for cache_mode", detail: cutOff) }
                     group = group.dropFirst()
                     guard let mode = PCacheCacheMode(rawValue: value) else {
                         throw PCacheTableError("Invalid cache mode parameter", detail: "'\(value)'")
                     }
                     table.cacheMode = mode
                 case "data_crc":
-                    table.dataCRC = try Self.booleanValue(of: name, in: &group, invalid: "Invalid data crc parameter")
+                    table.dataCRC = try Self.booleanValue(
+                        of: name, in: &group, invalid: "Invalid data crc parameter", cutOff: cutOff)
                 case "writeback_history":
                     table.writebackHistory = try Self.booleanValue(
-                        of: name, in: &group, invalid: "Invalid writeback history parameter")
+                        of: name, in: &group, invalid: "Invalid writeback history parameter", cutOff: cutOff)
                 default:
                     throw PCacheTableError("Unrecognised cache option requested", detail: "'\(name)'")
                 }
@@ -187,9 +196,9 @@ public struct PCacheTable: Sendable, Equatable {
     /// Takes the value of a `true|false` option from the front of `group`:
     /// exactly `true` or `false`, as the kernel's strcmp takes them.
     private static func booleanValue(
-        of option: String, in group: inout ArraySlice<String>, invalid: String
+        of option: String, in group: inout ArraySlice<String>, invalid: String, cutOff: String?
     ) throws(PCacheTableError) -> Bool {
-        guard let value = group.first else { throw PCacheTableError("Missing value for \(option)") }
+        guard let value = group.first else { throw PCacheTableError("Missing value for \(option)", detail: cutOff) }
         group = group.dropFirst()
         switch value {
         case "true": return true

@@ -116,6 +116,29 @@ final class TableFixture {
         }
     }
 
+    /// The kernel's words say what kind of fault; the details say where.
+    @Test func optionCountFaultsNameTheCount() {
+        let f = TableFixture()
+        let b = f.base
+        let cases = [
+            ("\(b) 1 data_crc true", "Missing value for data_crc (the option count is 1; 'true' lies after the group)"),
+            ("\(b) 3 cache_mode writeback data_crc true", "Missing value for data_crc (the option count is 3; 'true' lies after the group)"),
+            ("\(b) 1 cache_mode", "Missing value for cache_mode"),
+            ("\(b) 4 data_crc true", "Invalid number of cache option arguments (4, but 2 words follow)"),
+            ("\(b) 2 data_crc", "Invalid number of cache option arguments (2, but 1 word follows)"),
+            ("\(b) 8 a b c d e f g h", "Invalid number of cache option arguments (8, at most 6)"),
+            ("\(b) four", "Invalid number of cache option arguments ('four' is not a count)"),
+        ]
+        for (table, expected) in cases {
+            do {
+                _ = try PCacheTable.parse(table)
+                Issue.record("accepted: \(table)")
+            } catch {
+                #expect("\(error)" == expected, "table: \(table)")
+            }
+        }
+    }
+
     @Test func validTables() throws {
         let f = TableFixture()
         let b = f.base
