@@ -17,15 +17,22 @@ enum AddCommand {
         \(RuntimeFiles.directory)/ublkb<N>.log and answers on
         \(RuntimeFiles.directory)/ublkb<N>.sock.
 
-          --table TABLE     dm-style table: options cache_mode writeback, data_crc true|false
+          --table TABLE     dm-style table; options: cache_mode writeback,
+                            data_crc true|false, writeback_history true|false
           -n, --id N        device id (default: the first free one)
-          -q, --queues N    hardware queues, one thread each (default 1)
+          -q, --queues N    hardware queues, one thread each, 1..4096 (default 1)
           -d, --depth N     tags per queue, 1..4096 (default 128)
-          --foreground      serve in this process; SIGTERM or Ctrl-C stops it
+          -f, --foreground  serve in this process; SIGTERM or Ctrl-C stops it
+          --null SIZE       (testing) the null target instead of a table: SIZE
+                            bytes (K/M/G/T), a multiple of 4 KiB, nothing stored
         """
+    static let valuedOptions: [String: String] = [
+        "--table": "table", "--null": "null", "-n": "id", "--id": "id", "-q": "queues", "--queues": "queues",
+        "-d": "depth", "--depth": "depth", "--ready-fd": "ready-fd", "--log": "log",
+    ]
 
     static func run(_ args: [String]) throws -> Int32 {
-        if UblkCLI.wantsHelp(args) {
+        if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut(help)
             return 0
         }
@@ -35,9 +42,7 @@ enum AddCommand {
     private static func add(_ args: [String]) throws -> Int32 {
         let parsed = try UblkCLI.Arguments(
             args,
-            valued: ["--table": "table", "--null": "null", "-n": "id", "--id": "id", "-q": "queues",
-                     "--queues": "queues", "-d": "depth", "--depth": "depth", "--ready-fd": "ready-fd",
-                     "--log": "log"],
+            valued: valuedOptions,
             flags: ["--foreground": "foreground", "-f": "foreground"])
         guard parsed.positional.isEmpty else {
             throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")

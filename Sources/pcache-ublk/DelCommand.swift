@@ -5,7 +5,8 @@ import UblkServer
 /// `pcache-ublk del`: stop and remove devices.
 enum DelCommand {
     static let summary = "stop and remove /dev/ublkbN (--flush: write back dirty data first)"
-    static let usage = "pcache-ublk del -n <id> | --all [--flush]"
+    static let usage = "pcache-ublk del -n <id> | --all [--flush] [--timeout SECONDS]"
+    static let valuedOptions: [String: String] = ["-n": "id", "--id": "id", "--timeout": "timeout"]
     static let help = """
         usage: \(usage)
 
@@ -15,16 +16,18 @@ enum DelCommand {
         is replayed by the next add with the same cache device. A device whose
         server is gone is stopped and deleted directly.
         --all removes every device added by pcache-ublk.
+        --timeout SECONDS: how long to wait for the device to go, 1..86400
+        (default 120, 3600 with --flush).
         """
 
     static func run(_ args: [String]) throws -> Int32 {
-        if UblkCLI.wantsHelp(args) {
+        if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut(help)
             return 0
         }
         return UblkCLI.run("del", usage: usage) {
             let parsed = try UblkCLI.Arguments(
-                args, valued: ["-n": "id", "--id": "id", "--timeout": "timeout"],
+                args, valued: valuedOptions,
                 flags: ["--all": "all", "-a": "all", "--flush": "flush"])
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")

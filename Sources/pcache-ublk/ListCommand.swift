@@ -6,6 +6,7 @@ import UblkServer
 enum ListCommand {
     static let summary = "list ublk devices (--json for a machine-readable list)"
     static let usage = "pcache-ublk list [--json]"
+    static let valuedOptions: [String: String] = [:]
 
     struct Entry {
         var id: UInt32
@@ -16,12 +17,12 @@ enum ListCommand {
     }
 
     static func run(_ args: [String]) throws -> Int32 {
-        if UblkCLI.wantsHelp(args) {
+        if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut("usage: \(usage)\n\nLists every ublk device the kernel has: id, state, server pid, queues, size and target.")
             return 0
         }
         return UblkCLI.run("list", usage: usage) {
-            let parsed = try UblkCLI.Arguments(args, valued: [:], flags: ["--json": "json"])
+            let parsed = try UblkCLI.Arguments(args, valued: valuedOptions, flags: ["--json": "json"])
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
             }

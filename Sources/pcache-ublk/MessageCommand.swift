@@ -6,9 +6,10 @@ import UblkServer
 enum MessageCommand {
     static let summary = "send a message to a device (gc_percent <0..90>)"
     static let usage = "pcache-ublk message -n <id> gc_percent <0..90>"
+    static let valuedOptions: [String: String] = ["-n": "id", "--id": "id"]
 
     static func run(_ args: [String]) throws -> Int32 {
-        if UblkCLI.wantsHelp(args) {
+        if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut("""
                 usage: \(usage)
 
@@ -23,11 +24,11 @@ enum MessageCommand {
             // options ("gc_percent -1" is refused by the target's own words),
             // so an id given after them is picked out here.
             let parsed = try UblkCLI.Arguments(
-                args, valued: ["-n": "id", "--id": "id"], flags: [:], stopAtPositional: true)
+                args, valued: valuedOptions, flags: [:], stopAtPositional: true)
             var words = parsed.positional
             var id = try parsed.deviceID()
             if id == nil, let at = words.firstIndex(where: { $0 == "-n" || $0 == "--id" || $0.hasPrefix("--id=") }) {
-                let trailing = try UblkCLI.Arguments(Array(words[at...]), valued: ["-n": "id", "--id": "id"], flags: [:])
+                let trailing = try UblkCLI.Arguments(Array(words[at...]), valued: valuedOptions, flags: [:])
                 guard trailing.positional.isEmpty else {
                     throw UblkCLI.UsageError("unexpected argument '\(trailing.positional[0])' after the device id")
                 }

@@ -6,6 +6,7 @@ import UblkServer
 enum RecoverCommand {
     static let summary = "serve /dev/ublkbN again after its server died (the device kept its I/O waiting)"
     static let usage = "pcache-ublk recover -n <id> [--foreground]"
+    static let valuedOptions: [String: String] = ["-n": "id", "--id": "id", "--ready-fd": "ready-fd"]
     static let help = """
         usage: \(usage)
 
@@ -17,13 +18,13 @@ enum RecoverCommand {
         """
 
     static func run(_ args: [String]) throws -> Int32 {
-        if UblkCLI.wantsHelp(args) {
+        if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut(help)
             return 0
         }
         return UblkCLI.run("recover", usage: usage) {
             let parsed = try UblkCLI.Arguments(
-                args, valued: ["-n": "id", "--id": "id", "--ready-fd": "ready-fd"],
+                args, valued: valuedOptions,
                 flags: ["--foreground": "foreground", "-f": "foreground"])
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")

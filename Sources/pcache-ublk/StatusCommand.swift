@@ -6,9 +6,10 @@ import UblkServer
 enum StatusCommand {
     static let summary = "print a device's status line (--table: its table line; --info: server details; --stats: counters)"
     static let usage = "pcache-ublk status [-n <id>] [--table | --info | --stats]"
+    static let valuedOptions: [String: String] = ["-n": "id", "--id": "id"]
 
     static func run(_ args: [String]) throws -> Int32 {
-        if UblkCLI.wantsHelp(args) {
+        if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut("""
                 usage: \(usage)
 
@@ -23,7 +24,7 @@ enum StatusCommand {
         }
         return UblkCLI.run("status", usage: usage) {
             let parsed = try UblkCLI.Arguments(
-                args, valued: ["-n": "id", "--id": "id"], flags: ["--table": "table", "--info": "info", "--stats": "stats"])
+                args, valued: valuedOptions, flags: ["--table": "table", "--info": "info", "--stats": "stats"])
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
             }

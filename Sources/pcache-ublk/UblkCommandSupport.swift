@@ -39,8 +39,18 @@ enum UblkCLI {
         writeAll(1, message + "\n")
     }
 
-    static func wantsHelp(_ args: [String]) -> Bool {
-        args.contains("--help") || args.contains("-h")
+    /// Whether `-h` or `--help` is among the options: not as the value of
+    /// one of `valued` (`add --table -h` is a table, however odd), nor after `--`.
+    static func wantsHelp(_ args: [String], valued: [String: String]) -> Bool {
+        var i = 0
+        while i < args.count {
+            let word = args[i]
+            if word == "--" { return false }
+            if word == "-h" || word == "--help" { return true }
+            if valued[word] != nil { i += 1 }
+            i += 1
+        }
+        return false
     }
 
     /// Options of the form `-n 3`, `--id 3` or `--id=3`, and bare flags.

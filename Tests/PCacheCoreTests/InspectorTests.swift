@@ -156,6 +156,17 @@ import Testing
         #expect(try run(["dump", "/nonexistent/device"]).status == 2)
     }
 
+    /// `-h` asks for help only where it is an option, not an option's value.
+    @Test(.enabled(if: binary != nil)) func helpIsAnOptionNotAValue() throws {
+        let help = try run(["add", "-h"])
+        #expect(help.status == 0 && help.output.contains("--null SIZE") && help.output.contains("writeback_history"))
+        #expect(try run(["del", "--flush", "--help"]).output.contains("--timeout SECONDS"))
+        let table = try run(["add", "--table", "-h"])
+        #expect(table.status != 0 && table.error.contains("invalid table"), "\(table)")
+        let id = try run(["add", "--table", "x", "-n", "-h"])
+        #expect(id.status == 2 && id.error.contains("invalid device id '-h'"), "\(id)")
+    }
+
     /// On a host without ublk_drv (this one), every verb that needs the driver
     /// says so, rather than listing nothing or blaming the device id.
     @Test(.enabled(if: binary != nil && access("/dev/ublk-control", F_OK) != 0))
