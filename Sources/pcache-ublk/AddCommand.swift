@@ -31,6 +31,14 @@ enum AddCommand {
         "-d": "depth", "--depth": "depth", "--ready-fd": "ready-fd", "--log": "log",
     ]
 
+    /// `<runtime directory>/add-<digits>.log`, what a parent `add` passes.
+    static func isPendingLogName(_ path: String) -> Bool {
+        let prefix = "\(RuntimeFiles.directory)/add-"
+        guard path.hasPrefix(prefix), path.hasSuffix(".log") else { return false }
+        let digits = path.dropFirst(prefix.count).dropLast(4)
+        return !digits.isEmpty && digits.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+    }
+
     static func run(_ args: [String]) throws -> Int32 {
         if UblkCLI.wantsHelp(args, valued: valuedOptions) {
             UblkCLI.printOut(help)
@@ -48,6 +56,12 @@ enum AddCommand {
             throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
         }
         let readiness = try UblkCLI.Readiness(parsed.value("ready-fd"))
+        // --log is how a parent `add` names the log it opened for this server,
+        // which is renamed to the device's log once the id is known: only such
+        // a file is taken, so a stray --log cannot rename anything else.
+        if let log = parsed.value("log"), !isPendingLogName(log) {
+            throw UblkCLI.UsageError("--log is internal: it names \(RuntimeFiles.directory)/add-<pid>.log, not '\(log)'")
+        }
         do {
             return try addChecked(parsed, args: args, readiness: readiness)
         } catch {

@@ -165,6 +165,13 @@ import Testing
         #expect(table.status != 0 && table.error.contains("invalid table"), "\(table)")
         let id = try run(["add", "--table", "x", "-n", "-h"])
         #expect(id.status == 2 && id.error.contains("invalid device id '-h'"), "\(id)")
+        // The internal --log (a parent's pending log, renamed once the id is
+        // known) takes nothing else, so it cannot rename a user's file.
+        let victim = try temporaryFile(size: 4096)
+        defer { unlink(victim) }
+        let log = try run(["add", "-f", "--log", victim, "--null", "1G"])
+        #expect(log.status == 2 && log.error.contains("--log is internal"), "\(log)")
+        #expect(access(victim, F_OK) == 0)
     }
 
     /// On a host without ublk_drv (this one), every verb that needs the driver
