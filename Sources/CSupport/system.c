@@ -9,6 +9,7 @@
 #include <linux/fs.h>
 #include <linux/stat.h>
 #include <linux/futex.h>
+#include <linux/loop.h>
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
@@ -33,6 +34,16 @@ int pcs_o_direct(void) { return O_DIRECT; }
 
 int pcs_block_device_size(int fd, uint64_t *size) {
     return ioctl(fd, BLKGETSIZE64, size) == 0 ? 0 : -errno;
+}
+
+int pcs_loop_backing(int fd, uint64_t *device, uint64_t *inode, uint64_t *rdevice) {
+    struct loop_info64 info;
+    memset(&info, 0, sizeof info);
+    if (ioctl(fd, LOOP_GET_STATUS64, &info) != 0) return -errno;
+    *device = info.lo_device;
+    *inode = info.lo_inode;
+    *rdevice = info.lo_rdevice;
+    return 0;
 }
 
 int pcs_block_logical_size(int fd, uint32_t *size) {

@@ -230,18 +230,34 @@ struct DeviceIdentity {
 
     enum Kind { case block, regular, daxCharacter }
 
+    /// LOOP_MAJOR: loop devices (their partitions use extended minors).
+    static let loopMajor: UInt32 = 7
+
     let kind: Kind
     let device: UInt64   // st_dev
     let inode: UInt64    // st_ino
     let rdev: UInt64     // st_rdev
     let bytes: UInt64
+    /// For a bound loop device: the file behind it (st_dev, inode, and rdev
+    /// when that file is a device node).
+    var loopBacking: (device: UInt64, inode: UInt64, rdev: UInt64)? = nil
 
+    /// Whether the two name the same bytes: the same file or device node,
+    /// or a loop device and the file (or device) it is bound to.
     func sameDevice(as other: DeviceIdentity) -> Bool {
         switch (kind, other.kind) {
         case (.regular, .regular): return device == other.device && inode == other.inode
-        case (.block, .block), (.daxCharacter, .daxCharacter): return rdev == other.rdev
-        default: return false
+        case (.block, .block), (.daxCharacter, .daxCharacter):
+            if rdev == other.rdev { return true }
+        default: break
         }
+        return isLoop(over: other) || other.isLoop(over: self)
+    }
+
+    private func isLoop(over other: DeviceIdentity) -> Bool {
+        guard let loop = loopBacking else { return false }
+        if loop.device == other.device && loop.inode == other.inode { return true }  // the file itself
+        return loop.rdev != 0 && other.kind != .regular && loop.rdev == other.rdev  // a device node of it
     }
 
     /// Stats and opens (read-write, exclusively for block devices) `path`,
@@ -284,8 +300,15 @@ struct DeviceIdentity {
             let sizeText = readSmallFile("/sys/dev/char/\(pcs_major(rdev)):\(pcs_minor(rdev))/size") ?? ""
             bytes = UInt64(sizeText.split(separator: "\n").first ?? "") ?? 0
         }
-        return DeviceIdentity(kind: kind, device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
-                              rdev: UInt64(st.st_rdev), bytes: bytes)
+        var identity = DeviceIdentity(kind: kind, device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
+                                      rdev: UInt64(st.st_rdev), bytes: bytes)
+        if kind == .block && pcs_major(UInt64(st.st_rdev)) == Self.loopMajor {
+            var device: UInt64 = 0, inode: UInt64 = 0, rdevice: UInt64 = 0
+            if pcs_loop_backing(fd, &device, &inode, &rdevice) == 0 {
+                identity.loopBacking = (device, inode, rdevice)
+            }
+        }
+        return identity
     }
 }
 

@@ -116,6 +116,37 @@ final class TableFixture {
         }
     }
 
+    /// A loop device over the cache file is the cache file: the same bytes
+    /// under another name, which the path and inode checks alone miss.
+    @Test(.enabled(if: getuid() == 0 && access("/dev/loop-control", F_OK) == 0 && access("/usr/sbin/losetup", X_OK) == 0))
+    func aLoopDeviceOverTheOtherFileIsTheSameDevice() throws {
+        let f = TableFixture()
+        func shell(_ command: String) -> String {
+            guard let pipe = popen(command, "r") else { return "" }
+            var output = ""
+            var line = [CChar](repeating: 0, count: 256)
+            while fgets(&line, Int32(line.count), pipe) != nil { output += String(cString: line) }
+            pclose(pipe)
+            return String(output.filter { !$0.isWhitespace })
+        }
+        let loop = shell("/usr/sbin/losetup -f --show \(f.cache) 2>/dev/null")
+        try #require(loop.hasPrefix("/dev/loop"), "losetup gave '\(loop)'")
+        defer { _ = shell("/usr/sbin/losetup -d \(loop)") }
+        for table in ["0 \(f.backingSectors) pcache \(f.cache) \(loop)", "0 \(f.backingSectors) pcache \(loop) \(f.cache)"] {
+            do {
+                _ = try PCacheTable.parse(table)
+                Issue.record("accepted: \(table)")
+            } catch {
+                #expect(error.message == "Cache and backing device are the same", "\(table) -> \(error)")
+            }
+        }
+        // A loop device over another file is another device.
+        let other = shell("/usr/sbin/losetup -f --show \(f.backing) 2>/dev/null")
+        try #require(other.hasPrefix("/dev/loop"))
+        defer { _ = shell("/usr/sbin/losetup -d \(other)") }
+        #expect(try PCacheTable.parse("0 \(f.backingSectors) pcache \(f.cache) \(other)").backingDevicePath == other)
+    }
+
     /// The kernel's words say what kind of fault; the details say where.
     @Test func optionCountFaultsNameTheCount() {
         let f = TableFixture()

@@ -22,6 +22,10 @@ int pcs_open_direct(const char *path, int flags);
 int pcs_o_direct(void);
 // Size in bytes of the block device open at fd (BLKGETSIZE64); -errno on failure.
 int pcs_block_device_size(int fd, uint64_t *size);
+// The file behind the loop device open at fd (LOOP_GET_STATUS64): its st_dev,
+// its inode and, when it is a device node, the device's number. -ENXIO when
+// the loop device is unbound, -errno on other failures.
+int pcs_loop_backing(int fd, uint64_t *device, uint64_t *inode, uint64_t *rdevice);
 // Logical block size of the block device at fd (BLKSSZGET); -errno on failure.
 int pcs_block_logical_size(int fd, uint32_t *size);
 // What direct I/O to a regular file must be aligned to (statx STATX_DIOALIGN,
