@@ -71,6 +71,17 @@ public struct PCacheTable: Sendable, Equatable {
         try parse(text, checkDevices: true)
     }
 
+    /// `text` with relative device paths made absolute against `directory`,
+    /// words joined by single spaces. A table is kept in the device's record
+    /// and read again by `recover`, which may run from anywhere.
+    public static func withAbsoluteDevicePaths(_ text: String, relativeTo directory: String) -> String {
+        var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init)
+        guard words.count >= 5, words[2] == "pcache" else { return text }
+        let base = directory.hasSuffix("/") ? directory : directory + "/"
+        for i in 3...4 where !words[i].hasPrefix("/") { words[i] = base + words[i] }
+        return words.joined(separator: " ")
+    }
+
     /// - Parameter checkDevices: false parses the words only (no file access).
     public static func parse(_ text: String, checkDevices: Bool) throws(PCacheTableError) -> PCacheTable {
         let words = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init)

@@ -79,7 +79,13 @@ enum AddCommand {
         // What to serve.
         let spec: TargetSpec
         switch (parsed.value("table"), parsed.value("null")) {
-        case (let table?, nil):
+        case (var table?, nil):
+            // Absolute paths: the table is recorded for `recover`, which may
+            // run in another directory.
+            if let cwd = getcwd(nil, 0) {
+                table = PCacheTable.withAbsoluteDevicePaths(table, relativeTo: String(cString: cwd))
+                free(cwd)
+            }
             // Validate before anything starts; the same again in the server.
             do {
                 _ = try PCacheTable.parse(table)

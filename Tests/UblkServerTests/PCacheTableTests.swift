@@ -147,6 +147,15 @@ final class TableFixture {
         #expect(try PCacheTable.parse("0 \(f.backingSectors) pcache \(f.cache) \(other)").backingDevicePath == other)
     }
 
+    @Test func relativeDevicePathsAreMadeAbsolute() {
+        #expect(PCacheTable.withAbsoluteDevicePaths("0 8 pcache c.img ../b.img 2 data_crc true", relativeTo: "/srv")
+                == "0 8 pcache /srv/c.img /srv/../b.img 2 data_crc true")
+        #expect(PCacheTable.withAbsoluteDevicePaths("0  8\tpcache /dev/dax0.0 disk", relativeTo: "/root/")
+                == "0 8 pcache /dev/dax0.0 /root/disk")
+        #expect(PCacheTable.withAbsoluteDevicePaths("0 8 linear c b", relativeTo: "/srv") == "0 8 linear c b")
+        #expect(PCacheTable.withAbsoluteDevicePaths("0 8 pcache c", relativeTo: "/srv") == "0 8 pcache c")
+    }
+
     /// The kernel's words say what kind of fault; the details say where.
     @Test func optionCountFaultsNameTheCount() {
         let f = TableFixture()
