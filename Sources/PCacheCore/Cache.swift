@@ -363,6 +363,9 @@ public final class Cache: @unchecked Sendable {
     @discardableResult
     public func runWriteback() -> Bool { writebackStep() == .progressed }
 
+    /// Tests: makes writeback's next ring submissions fail with `errnos`.
+    func injectWritebackRingErrors(_ errnos: [Int32]) { writeback.injectedRingErrors = errnos }
+
     /// Collects one key-set; for tests that run without worker threads.
     @discardableResult
     public func runGarbageCollection() -> Bool {
@@ -545,7 +548,7 @@ public final class Cache: @unchecked Sendable {
             while metadata.dirtyTail != keyLog.currentHead {
                 if threads.isEmpty {
                     if writeback.step() != .progressed {
-                        throw CacheError.writebackStalled(writeback.lastError)
+                        throw writeback.fatalError ?? CacheError.writebackStalled(writeback.lastError)
                     }
                     continue
                 }

@@ -14,6 +14,9 @@ public enum CacheError: Error, CustomStringConvertible, Sendable, Equatable {
     case dataCRCMismatch(at: CachePosition, keyOffset: UInt64, length: UInt32, stored: UInt32, computed: UInt32)
     /// Writeback cannot make progress (the backing device keeps failing).
     case writebackStalled(Int32)
+    /// Writeback's io_uring refused to go on: writes it took may still be
+    /// running, so writeback stops for good rather than reuse their buffers.
+    case writebackRingFailed(operation: String, errno: Int32)
     case stopped
 
     public var description: String {
@@ -33,6 +36,9 @@ public enum CacheError: Error, CustomStringConvertible, Sendable, Equatable {
                 + "(stored \(hex(stored)), data gives \(hex(computed)))"
         case let .writebackStalled(errno):
             return "writeback cannot make progress: the backing device answers \(PCacheError.errnoText(-errno)) (errno \(-errno))"
+        case let .writebackRingFailed(operation, errno):
+            return "writeback's io_uring failed (\(operation): \(PCacheError.errnoText(-errno)), errno \(-errno)); "
+                + "writeback stops until the server restarts, dirty data stays in the cache"
         case .stopped:
             return "the cache is stopping"
         }

@@ -69,6 +69,12 @@ public final class IOURing {
         if rc < 0 && rc != -EINTR { throw SystemError(errno: -rc, "io_uring_submit_and_wait") }
     }
 
+    /// Whether a completion is ready, without taking it.
+    public var hasCompletion: Bool {
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        return io_uring_peek_cqe(&ring, &cqe) == 0 && cqe != nil
+    }
+
     /// Calls `body(userData, result, flags)` for every completion ready now.
     /// Returns the number handled.
     @inline(__always)

@@ -42,6 +42,16 @@ final class Writeback: @unchecked Sendable {
     /// A key-set that cannot be decoded stops writeback for good (the Hardened
     /// kernel's latch); retrying would loop forever.
     private(set) var fatalError: CacheError?
+    /// The ring failed for good (`fatalError` says how). Writes it had taken
+    /// may still be running and reading their buffers (the bounce area), and
+    /// their completions may still come, so nothing touches the ring or the
+    /// bounce area again.
+    private var ringFailed = false
+    /// How long the ring's refusals for want of resources (EAGAIN, EBUSY,
+    /// ENOMEM) are waited out, in 1 ms steps, before writeback stops.
+    static let ringRetryMilliseconds = 30_000
+    /// Tests: errors the next ring submissions fail with, before the real call.
+    var injectedRingErrors: [Int32] = []
     /// Where writeback writes come from. Direct I/O straight from the pmem
     /// mapping is tried first (device DAX on 6.12 allows it); where the
     /// kernel refuses it, the data is staged in an aligned bounce area and
@@ -187,7 +197,7 @@ final class Writeback: @unchecked Sendable {
             gathered += 1
         }
 
-        if writeBatch() && flushBacking() {
+        if writeBatch() && !ringFailed && flushBacking() {
             cache.metadata.persistDirtyTail(position)
             keySetsWritten += UInt64(gathered)
             bytesSkipped += skipped
@@ -213,7 +223,7 @@ final class Writeback: @unchecked Sendable {
         // cost a retain and release.
         let base = UnsafeRawPointer(cache.memory.base)
         batch.forEach { key in
-            guard !key.flags.contains(.clean) else { return }
+            guard !key.flags.contains(.clean), !ringFailed else { return }
             let source = base + cache.dataOffset(key.segment, key.segmentOffset)
             let length = Int(key.length)
             if sourceMode == .bounce && length <= Self.bounceBytes {
@@ -226,6 +236,7 @@ final class Writeback: @unchecked Sendable {
         }
         endRun(&writes)
         collect(&writes)
+        if ringFailed { return false }
         if writes.refused && writes.ok && sourceMode == .directFromCache {
             sourceMode = .bounce
             return writeBatch()
@@ -357,6 +368,7 @@ final class Writeback: @unchecked Sendable {
         if writes.bounceUsed + count > Self.bounceBytes {
             // The bounce area is full: its writes must finish before it is reused.
             collect(&writes)
+            guard !ringFailed else { return }
             writes.bounceUsed = 0
         }
         (bounce + writes.bounceUsed).copyMemory(from: source, byteCount: count)
@@ -432,13 +444,14 @@ final class Writeback: @unchecked Sendable {
     }
 
     private func queue(_ writes: inout Writes, from source: UnsafeRawPointer, count: Int, offset: UInt64, fd: Int32) {
-        let slot = takeSlot(&writes, count: count, source: source, fd: fd)
+        guard let slot = takeSlot(&writes, count: count, source: source, fd: fd) else { return }
         ring.prepareWrite(fd: fd, from: source, count: count, offset: offset, userData: UInt64(slot))
     }
 
     /// Queues the gathered run (two pieces or more) as one `writev`.
     private func queueGathered(_ writes: inout Writes) {
-        let slot = takeSlot(&writes, count: writes.runLength, source: UnsafeRawPointer(runPieces[0].iov_base!), fd: writes.runFD)
+        guard let slot = takeSlot(&writes, count: writes.runLength, source: UnsafeRawPointer(runPieces[0].iov_base!), fd: writes.runFD)
+        else { return }
         let pieces = slotPieces + slot * Self.maxPieces
         pieces.update(from: runPieces, count: writes.runPieceCount)
         ring.prepareWritev(fd: writes.runFD, pieces: pieces, count: writes.runPieceCount,
@@ -446,9 +459,10 @@ final class Writeback: @unchecked Sendable {
     }
 
     /// A free in-flight slot for a write of `count` bytes, reaping first
-    /// when every slot is taken.
-    private func takeSlot(_ writes: inout Writes, count: Int, source: UnsafeRawPointer, fd: Int32) -> Int {
+    /// when every slot is taken; nil once the ring has failed.
+    private func takeSlot(_ writes: inout Writes, count: Int, source: UnsafeRawPointer, fd: Int32) -> Int? {
         if writes.inFlight == Self.maxInFlight { reap(&writes, all: false) }
+        guard !ringFailed else { return nil }
         freeSlotCount -= 1
         let slot = freeSlots[freeSlotCount]
         writeLengths[slot] = count
@@ -469,18 +483,16 @@ final class Writeback: @unchecked Sendable {
     /// all with `all`), and takes every completion that is ready.
     private func reap(_ writes: inout Writes, all: Bool) {
         while writes.inFlight > 0 {
-            do {
-                try ring.submitAndWait(1)
-            } catch {
-                // The ring itself failed: nothing more will complete. Give
-                // every slot back and fail the batch.
+            guard submitAndWait() else {
                 writes.ok = false
                 lastError = -EIO
-                writes.inFlight = 0
-                resetSlots()
                 return
             }
             let reaped = ring.forEachCompletion { userData, result, _ in
+                guard userData < UInt64(Self.maxInFlight) else {  // not a write's: counted as a failure
+                    writes.ok = false
+                    return
+                }
                 let slot = Int(userData)
                 let expected = writeLengths[slot]
                 freeSlots[freeSlotCount] = slot
@@ -504,19 +516,62 @@ final class Writeback: @unchecked Sendable {
         freeSlotCount = Self.maxInFlight
     }
 
-    private func flushBacking() -> Bool {
-        ring.prepareFsync(fd: cache.backing.bufferedFD, userData: 0)
-        do {
-            try ring.submitAndWait(1)
-            let (_, result) = try ring.waitCompletion()
-            if result < 0 {
-                lastError = result
+    /// Submits what is queued and waits for a completion. The ring's
+    /// refusals for want of resources are waited out (reaping what has
+    /// completed makes room); any other failure, or one that lasts, stops
+    /// writeback for good (`ringFailed`). False then.
+    private func submitAndWait() -> Bool {
+        guard !ringFailed else { return false }
+        var waited = 0
+        while true {
+            do {
+                if !injectedRingErrors.isEmpty {
+                    throw SystemError(errno: injectedRingErrors.removeFirst(), "injected")
+                }
+                try ring.submitAndWait(1)
+                return true
+            } catch {
+                let code = (error as? SystemError)?.errno ?? EIO
+                if code == EAGAIN || code == EBUSY || code == ENOMEM, waited < Self.ringRetryMilliseconds {
+                    if ring.hasCompletion { return true }
+                    usleep(1000)
+                    waited += 1
+                    continue
+                }
+                ringFailed = true
+                fatalError = .writebackRingFailed(operation: "io_uring_submit_and_wait", errno: code)
                 return false
             }
-            return true
-        } catch {
+        }
+    }
+
+    /// fsync of the backing device, through the ring: true when it succeeded.
+    /// Every write has completed by now (`collect`), so the fsync's is the
+    /// only completion to come; anything else is counted as a failure.
+    private func flushBacking() -> Bool {
+        ring.prepareFsync(fd: cache.backing.bufferedFD, userData: Self.fsyncUserData)
+        var result: Int32? = nil
+        var strays = 0
+        while result == nil {
+            guard submitAndWait() else {
+                lastError = -EIO
+                return false
+            }
+            ring.forEachCompletion { userData, res, _ in
+                if userData == Self.fsyncUserData { result = res } else { strays += 1 }
+            }
+        }
+        if strays > 0 {
             lastError = -EIO
             return false
         }
+        if let result, result < 0 {
+            lastError = result
+            return false
+        }
+        return true
     }
+
+    /// The fsync's userData: no write slot has it.
+    static let fsyncUserData = UInt64.max
 }

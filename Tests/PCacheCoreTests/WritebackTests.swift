@@ -27,6 +27,33 @@ import Testing
         #expect(h.cache.runWriteback() == false)
     }
 
+    /// The ring refusing a submission for want of resources is waited out;
+    /// any other failure stops writeback for good, the dirty tail where it
+    /// was: writes the ring took may still be running, and the fsync's
+    /// completion was never seen, so nothing may count as written back.
+    @Test func ringFailuresAreWaitedOutOrStopWriteback() throws {
+        let h = try CacheHarness()
+        let data = pattern(7, 8192)
+        #expect(h.write(4096, data) == 8192)
+        #expect(h.flush() == 0)
+        h.cache.injectWritebackRingErrors([EAGAIN, EBUSY, ENOMEM])
+        #expect(h.cache.runWriteback())
+        #expect(h.cache.status().isClean)
+        #expect(h.backingBytes(4096, 8192) == data)
+
+        let later = pattern(8, 4096)
+        #expect(h.write(65536, later) == 4096)
+        #expect(h.flush() == 0)
+        let tail = h.cache.metadata.dirtyTail
+        h.cache.injectWritebackRingErrors([EBADF])
+        #expect(h.cache.runWriteback() == false)
+        #expect(h.cache.metadata.dirtyTail == tail)
+        let halted = h.cache.status().writebackHalted ?? ""
+        #expect(halted.contains("writeback's io_uring failed (io_uring_submit_and_wait: "), "\(halted)")
+        #expect(h.cache.runWriteback() == false, "stopped for good")
+        #expect(h.read(65536, 4096).1 == later, "the data is still served from the cache")
+    }
+
     /// Fills one writeback batch: `maxKeySetsPerBatch` key-sets, one 4 KiB
     /// write each at 1 MiB + i * 8 KiB. Key-sets written after it are in
     /// the next batch.
