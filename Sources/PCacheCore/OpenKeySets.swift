@@ -172,7 +172,11 @@ final class OpenKeySets: @unchecked Sendable {
         KeySetEncoding.encode(key, dataCRC: dataCRC, slot: slot.pointee.keyCount, into: slot.pointee.buffer)
         slot.pointee.keyCount += 1
         // After the key itself: a crash between the two leaves the key uncounted
-        // (and the write it belongs to unacknowledged).
+        // (and the write it belongs to unacknowledged). The buffer is a shared
+        // mapping a restarted server reads after kill -9; x86 keeps the stores
+        // in order, and the fence keeps the compiler from swapping them (a
+        // count over the slot's previous key would bring that key back).
+        pcs_compiler_fence()
         slot.pointee.buffer.storeBytes(of: UInt32(slot.pointee.keyCount).littleEndian, toByteOffset: 4, as: UInt32.self)
         if slot.pointee.firstAppendNanos == 0 { slot.pointee.firstAppendNanos = monotonicNanoseconds() }
         if forceClose || slot.pointee.keyCount == PCacheLayout.ksetMaxKeys {
