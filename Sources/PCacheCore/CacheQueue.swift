@@ -392,10 +392,13 @@ public final class CacheQueue {
         _ keys: inout SubtreeIndex, start: UInt64, end: UInt64,
         slot: UnsafeMutablePointer<ReadSlot>, _ requestStart: UInt64
     ) {
-        // Unique among this queue's misses in flight; the queue id keeps
-        // queues apart and the top bit keeps it from 0 ("no placeholder").
-        nextToken = (nextToken &+ 1) & 0x00FF_FFFF
-        let token = 0x8000_0000 | UInt32(truncatingIfNeeded: id & 0x7F) << 24 | nextToken
+        // Unique among this queue's misses in flight (19 bits: more than the
+        // 4096 tags' read slots can hold); the queue id (12 bits, as ublk has
+        // at most 4096 queues) keeps queues apart, and the top bit keeps the
+        // token from 0 ("no placeholder"). Seven bits of queue id, as before,
+        // let queues q and q + 128 take each other's placeholders.
+        nextToken = (nextToken &+ 1) & Self.tokenCounterMask
+        let token = Self.placeholderToken(queue: id, counter: nextToken)
         keys.insert(.placeholder(start: start, length: UInt32(end - start), token: token))
         counters.add(.missBytes, end - start)
         startBackingRead(start: start, end: end, token: token, slot: slot, requestStart)
@@ -477,6 +480,14 @@ public final class CacheQueue {
     private func checkRange(_ offset: UInt64, _ length: UInt32) -> Int32? {
         let end = offset.addingReportingOverflow(UInt64(length))
         return end.overflow || end.partialValue > cache.logicalBytes ? -EIO : nil
+    }
+
+    static let tokenCounterMask: UInt32 = (1 << 19) - 1
+
+    /// The token of queue `queue`'s miss number `counter` (see `startMiss`).
+    @inline(__always)
+    static func placeholderToken(queue: Int, counter: UInt32) -> UInt32 {
+        0x8000_0000 | UInt32(truncatingIfNeeded: queue & 0xFFF) << 19 | (counter & tokenCounterMask)
     }
 
     @inline(__always)

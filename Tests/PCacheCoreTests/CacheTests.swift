@@ -155,6 +155,19 @@ import Testing
         #expect(events.lines.last == "writeback resumed after 2 failed attempt(s)")
     }
 
+    /// A miss's placeholder token is unique across every queue ublk allows
+    /// (4096) and never 0; with seven bits of queue id, queues q and q + 128
+    /// made the same tokens and could fill each other's placeholders.
+    @Test func placeholderTokensKeepAll4096QueuesApart() {
+        for counter: UInt32 in [1, 0x3_FFFF, CacheQueue.tokenCounterMask] {
+            let tokens = Set((0..<4096).map { CacheQueue.placeholderToken(queue: $0, counter: counter) })
+            #expect(tokens.count == 4096)
+            #expect(!tokens.contains(0))
+        }
+        #expect(CacheQueue.placeholderToken(queue: 0, counter: 5) != CacheQueue.placeholderToken(queue: 128, counter: 5))
+        #expect(CacheQueue.placeholderToken(queue: 3, counter: 1) != CacheQueue.placeholderToken(queue: 3, counter: 2))
+    }
+
     @Test func failedMissReadReturnsTheErrorAndCachesNothing() throws {
         let h = try CacheHarness()
         h.ios[0].failReads = EIO
