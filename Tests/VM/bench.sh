@@ -14,5 +14,5 @@ runtime=${1:-${BENCH_RUNTIME:-5}}
 
 # The backing disk bypasses the host's page cache (cache=none), so it behaves
 # like a disk rather than like RAM.
-exec "$VM_DIR/vm-run.sh" --boot-retries 1 --timeout "${VM_TIMEOUT:-1800}" --pmem 1G --disk 4G --disk-cache none \
+exec "$VM_DIR/vm-run.sh" --boot-retries 3 --timeout "${VM_TIMEOUT:-1800}" --pmem 1G --disk 4G --disk-cache none \
     -e BENCH_RUNTIME="$runtime" -e BENCH_SIZE="${BENCH_SIZE:-256M}" "$VM_DIR/guest/bench.sh"

