@@ -220,6 +220,17 @@ public struct InspectionReport: Sendable {
 
     public var isConsistent: Bool { problem == nil }
 
+    /// Whether the key log holds data not yet written back: the dirty tail is
+    /// at one of its key-sets rather than at its end. Nil when that cannot be
+    /// told (keys not walked, or the log could not be followed). A bad key
+    /// does not hide it: the tails and the log's extent are told apart from
+    /// the keys' contents.
+    public var holdsDirtyData: Bool? {
+        guard let dirtyTail, let logEnd else { return nil }
+        if dirtyTail == logEnd { return false }
+        return keySets.contains { $0.position == dirtyTail } ? true : nil
+    }
+
     // MARK: - Text
 
     public func text() -> String {

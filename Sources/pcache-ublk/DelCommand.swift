@@ -75,6 +75,11 @@ enum DelCommand {
 
         // A QUIESCED device has lost its server (or is being recovered).
         if info.state == .live && UblkCLI.isAlive(info.serverPID) {
+            // Where to look afterwards whether everything was written back.
+            var cacheDevice: String? = nil
+            if flush, case .table(let text)? = RuntimeFiles.readRecord(id)?.target {
+                cacheDevice = try? PCacheTable.parse(text, checkDevices: false).cacheDevicePath
+            }
             do {
                 let reply = try ControlSocketClient.request(
                     path: RuntimeFiles.socketPath(id), flush ? "stop flush" : "stop", timeout: 10)
@@ -94,6 +99,7 @@ enum DelCommand {
                 UblkCLI.sleepMilliseconds(100)
                 waited += 100
             }
+            if let cacheDevice { try checkWrittenBack(cacheDevice, id: id) }
             return
         }
 
@@ -104,5 +110,32 @@ enum DelCommand {
         try control.stopDevice(id)
         try control.deleteDevice(id)
         RuntimeFiles.removeDeviceFiles(id)
+    }
+
+    /// After `del --flush`: the server shuts its cache down before the device
+    /// goes, so the cache device now tells whether every dirty byte reached
+    /// the backing device (the dirty tail is at the end of the key log). A
+    /// server whose writeback failed still removes the device (the data is
+    /// safe in the cache), and a `stop flush` that came after a plain stop
+    /// was too late to count: either way, this is where the user learns it,
+    /// before trusting the backing device alone.
+    static func checkWrittenBack(_ cacheDevice: String, id: UInt32) throws {
+        let report: InspectionReport
+        do {
+            report = CacheInspector.inspect(memory: try MappedPersistentMemory(path: cacheDevice, readOnly: true),
+                                            includeKeys: true)
+        } catch {
+            throw UblkCLI.Failure("removed, but \(cacheDevice) cannot be read to confirm the writeback: \(error)")
+        }
+        guard let dirty = report.holdsDirtyData else {
+            throw UblkCLI.Failure("removed, but \(cacheDevice) cannot confirm the writeback: \(report.problem ?? "no key log")")
+        }
+        if dirty {
+            throw UblkCLI.Failure(
+                "removed, but not everything was written back: \(cacheDevice) still holds dirty data "
+                    + "(dirty tail \(report.dirtyTail!), key log end \(report.logEnd!)); the next add replays it"
+                    + (report.problem.map { ", though the cache reports: \($0)" } ?? "")
+                    + ". See \(RuntimeFiles.logPath(id))")
+        }
     }
 }

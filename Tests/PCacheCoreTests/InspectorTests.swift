@@ -34,6 +34,27 @@ import Testing
         #expect((object["segments"] as? [Any])?.count == 3)
     }
 
+    /// What `del --flush` reads after the server is gone: whether the key
+    /// log still holds data the backing device has not got.
+    @Test func dirtyDataIsToldFromTheDevice() throws {
+        let h = try CacheHarness()
+        func report() throws -> InspectionReport {
+            inspect(try MappedPersistentMemory(path: h.cachePath, readOnly: true))
+        }
+        #expect(try report().holdsDirtyData == false, "a fresh cache")
+        #expect(h.write(0, pattern(3, 8192)) == 8192)
+        for q in h.queues { q.stop() }
+        try h.cache.stop()
+        #expect(try report().holdsDirtyData == true, "stopped without writeback")
+        try h.start(queueCount: 1)
+        for q in h.queues { q.stop() }
+        try h.cache.stop(writeBackAll: true)
+        #expect(try report().holdsDirtyData == false, "stopped after writing everything back")
+        #expect(inspect(try MappedPersistentMemory(path: h.cachePath, readOnly: true), keys: false).holdsDirtyData == nil,
+                "keys not walked: cannot tell")
+        try h.start(queueCount: 1)
+    }
+
     @Test func inspectorNeverWrites() throws {
         let memory = try makeUsedCache()
         let before = memory.statistics

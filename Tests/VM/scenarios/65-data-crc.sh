@@ -3,7 +3,8 @@
 # back (through a second mapping of /dev/dax0.0) fails the read with EIO and
 # counts a CRC error, never returning wrong data; a corrupted key makes replay
 # refuse to start (add and recover), naming the key, creating no device and
-# writing nothing; what an operator does then (see the notes printed).
+# writing nothing; what an operator does then (see the notes printed); and
+# del --flush, when writeback stops at such a key, says the data stayed.
 # vm-run: --pmem 1G --disk 256M --timeout 300
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"
 . "$VM_PROJECT/Tests/VM/guest/fault-lib.sh"
@@ -103,4 +104,28 @@ check "the error names the key (off $D)" grep -q "key: off $D len 4096 .*data_cr
 check "the device stays QUIESCED (I/O would wait, never see wrong data)" sh -c "'$B' list | grep -q QUIESCED"
 check "del -n 0 removes it" "$B" del -n 0
 check "gone" wait_for 10 sh -c "! test -e /sys/class/ublk-char/ublkc0"
+
+section "del --flush when writeback stops at a corrupted key: it says the data stayed"
+must "format --force --data-crc" "$B" format "$dax" --data-crc --force
+must "add" "$B" add --table "$table" -n 0 -q 2
+# Reads keep the device busy, so writeback (which waits for a second without
+# I/O) leaves the key dirty until it is corrupted.
+( while true; do get $A >/dev/null; done ) &
+busy=$!
+E=$((120 << 20))
+pattern epsilon
+put epsilon $E
+sync /dev/ublkb0
+at=$(where $E)
+check "corrupt the dirty key's data (device offset $at)" python3 "$POKE" flip "$dax" $((at + 5))
+check "it is still dirty (dirty_tail != key_head)" test "$(status_field 0 7)" != "$(status_field 0 8)"
+kill $busy
+wait $busy 2>/dev/null
+"$B" del -n 0 --flush >$work/del.out 2>&1
+rc=$?
+indent <$work/del.out
+check_eq "del --flush fails" 1 "$rc"
+check "it says the dirty data stayed in the cache" grep -q "not everything was written back" $work/del.out
+check "the device is gone all the same (the data is safe in pmem)" wait_for 10 sh -c "! test -e /sys/class/ublk-char/ublkc0"
+check "the server's log says why" grep -q "writeback halted: key: off $E len 4096 .*data_crc error" $RUN/ublkb0.log
 finish
