@@ -52,7 +52,8 @@ for s in "${scenarios[@]}"; do
     else
         # QEMU's TCG now and then crashes the guest kernel while it boots (an
         # oops while the kernel patches its own text). Nothing of the scenario
-        # ran then, so one more boot is a fair retry; a second one is not.
+        # ran then, so another boot is a fair retry (up to three: two boots in
+        # a row have crashed).
         log=$(mktemp)
         "$VM_RUN" --boot-retries 3 "${opts[@]}" "$s" 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
