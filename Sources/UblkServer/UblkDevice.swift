@@ -157,7 +157,15 @@ public final class UblkDevice: @unchecked Sendable {
             charFD = -1
             throw error
         }
-        try DeviceNodes.ensureBlockDevice(id)
+        do {
+            try DeviceNodes.ensureBlockDevice(id)
+        } catch {
+            // Live, but without a node nobody can use it: stop it, so the
+            // caller can delete it (DEL_DEV waits for /dev/ublkcN to close,
+            // which only `stop` does).
+            stop()
+            throw error
+        }
         if let fresh = try? control.deviceInfo(id) { info = fresh }
     }
 
