@@ -31,8 +31,11 @@ public enum UblkServer {
     }
 
     /// Serves until a stop; returns the process exit status (0: clean stop).
-    /// Throws when the device could not be brought up (an added device is
-    /// deleted again; a device being recovered is left as it was).
+    /// Throws when the device could not be brought up. An added device is
+    /// deleted again. A device being recovered is not touched when the
+    /// failure comes before START_USER_RECOVERY; after it (no queue could be
+    /// set up, say), the kernel may refuse a second recovery, and `del` is
+    /// what is left.
     public static func serve(target: UblkTarget, spec: TargetSpec, mode: Mode, hooks: Hooks = Hooks()) throws -> Int32 {
         let signals = blockServerSignals()
         signal(SIGPIPE, SIG_IGN)
@@ -47,9 +50,14 @@ public enum UblkServer {
         let id = device.id
         hooks.deviceKnown(id)
         do {
-            try RuntimeFiles.ensureDirectory()
-            try RuntimeFiles.writeRecord(
-                DeviceRecord(target: spec, queues: device.info.queueCount, depth: device.info.queueDepth), id: id)
+            if case .add = mode {
+                // A recovery reads this record and leaves it as it is: nothing
+                // that can fail needlessly between START_USER_RECOVERY and
+                // END_USER_RECOVERY, which a failure leaves half done.
+                try RuntimeFiles.ensureDirectory()
+                try RuntimeFiles.writeRecord(
+                    DeviceRecord(target: spec, queues: device.info.queueCount, depth: device.info.queueDepth), id: id)
+            }
             try device.start(onQueueExit: { kill(pid, SIGUSR1) })
         } catch {
             if case .add = mode {

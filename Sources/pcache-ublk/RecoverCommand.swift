@@ -43,6 +43,9 @@ enum RecoverCommand {
         guard let id = try parsed.deviceID() else { throw UblkCLI.UsageError("-n <id> is required") }
         try UblkCLI.requireDriver()
         let info = try UblkControl().deviceInfo(id)
+        // A record left behind by a device of ours whose id another ublk
+        // server has since taken must not put our target under its device.
+        guard info.isOurs else { throw UblkCLI.Failure("/dev/ublkb\(id) is not a pcache-ublk device (another ublk server's)") }
         guard let record = RuntimeFiles.readRecord(id) else {
             throw UblkCLI.Failure("no record of what /dev/ublkb\(id) serves (\(RuntimeFiles.recordPath(id)) missing)")
         }
