@@ -28,6 +28,10 @@ public final class CacheQueue {
 
     /// Backing reads one request may have in flight before its walk pauses.
     static let readSlotsPerTag = 16
+    /// Backing I/O one request can have in flight: a read's backing reads
+    /// (at most `readSlotsPerTag`; it goes on when some complete), or a
+    /// discard's one.
+    public static var maxBackingIOPerRequest: Int { readSlotsPerTag }
 
     private enum Kind: UInt8 { case idle, read, write, writeZeroes, flush, discard }
 

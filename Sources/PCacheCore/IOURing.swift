@@ -33,10 +33,17 @@ public final class IOURing {
     /// - Parameters:
     ///   - entries: submission queue size (the completion queue is twice that).
     ///   - flags: `IORING_SETUP_*` flags, e.g. SQE128 for ublk control commands.
-    public init(entries: UInt32, flags: UInt32 = 0) throws {
+    /// - Parameter completionEntries: the completion queue's size, when the
+    ///   default (twice `entries`) is too small for what can be in flight
+    ///   at once; the kernel rounds it up to a power of two and clamps it.
+    public init(entries: UInt32, flags: UInt32 = 0, completionEntries: UInt32? = nil) throws {
         self.entries = entries
         var params = io_uring_params()
         params.flags = flags
+        if let completionEntries, completionEntries > 2 * entries {
+            params.flags |= UInt32(IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP)
+            params.cq_entries = completionEntries
+        }
         let rc = io_uring_queue_init_params(entries, &ring, &params)
         if rc < 0 { throw SystemError(errno: -rc, "io_uring_queue_init(\(entries) entries)") }
     }

@@ -63,6 +63,9 @@ public final class PCacheTarget: UblkTarget {
         parameters = p
     }
 
+    /// A read's backing reads (one per gap in what is cached) or a discard's one.
+    public var ioPerRequest: Int { CacheQueue.maxBackingIOPerRequest }
+
     public func makeQueueHandler(queueID: Int, depth: Int, io: QueueIO, waker: QueueWaker) throws -> UblkQueueHandler {
         PCacheQueueHandler(queue: cache.makeQueue(id: queueID, depth: depth, io: io, waker: waker))
     }

@@ -34,6 +34,15 @@ public enum UblkLayout {
     /// SQ entries for a queue ring: two per tag (a COMMIT_AND_FETCH may sit
     /// next to the handler's I/O for the same tag) plus room for backing I/O
     /// and the waker, as a power of two.
+    /// Completion-ring entries for a queue: one per tag's command, plus what
+    /// the handler may have in flight per request, plus `extra`; at most the
+    /// kernel's 65536.
+    public static func completionEntries(depth: Int, ioPerRequest: Int, extra: Int = 64) -> UInt32 {
+        var n = 1
+        while n < depth * (1 + ioPerRequest) + extra { n <<= 1 }
+        return UInt32(min(n, 65536))
+    }
+
     public static func ringEntries(depth: Int, extra: Int = 64) -> UInt32 {
         var n = 1
         while n < depth * 2 + extra { n <<= 1 }

@@ -172,10 +172,12 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         let entries = UblkLayout.ringEntries(depth: depth)
         let fast = UInt32(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
         let ring: IOURing
+        // Every request may have its own I/O in flight besides its command.
+        let completions = UblkLayout.completionEntries(depth: depth, ioPerRequest: target.ioPerRequest)
         do {
-            ring = try IOURing(entries: entries, flags: fast)
+            ring = try IOURing(entries: entries, flags: fast, completionEntries: completions)
         } catch {
-            ring = try IOURing(entries: entries)  // kernels without DEFER_TASKRUN
+            ring = try IOURing(entries: entries, completionEntries: completions)  // kernels without DEFER_TASKRUN
         }
         self.ring = ring
 
@@ -239,6 +241,12 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
             }
             do {
                 try ring.submitAndWait(1)
+            } catch let error as SystemError where error.errno == EAGAIN || error.errno == EBUSY || error.errno == ENOMEM {
+                // The kernel could not take or post more right now (memory,
+                // completions it holds back): reaping what completed below
+                // makes room. Leaving would unmap buffers that requests and
+                // backing reads still write into.
+                if !ring.hasCompletion { usleep(1000) }
             } catch {
                 Log.error("queue \(queueID): \(error)")
                 break

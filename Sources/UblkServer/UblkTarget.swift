@@ -132,4 +132,12 @@ public protocol UblkTarget: AnyObject, Sendable {
     /// Clean stop, after every queue thread has exited. `flushDirty`: write
     /// back everything dirty first (`del --flush`).
     func shutdown(flushDirty: Bool) throws
+    /// Most I/O of its own a queue handler has in flight for one request
+    /// (backing reads of a partial hit, say): the queue's completion ring is
+    /// sized so that every one of them has room.
+    var ioPerRequest: Int { get }
+}
+
+extension UblkTarget {
+    public var ioPerRequest: Int { 0 }
 }

@@ -24,6 +24,21 @@ import Testing
         #expect(UblkLayout.ringEntries(depth: 1) == 128)
         #expect(UblkLayout.ringEntries(depth: 128) == 512)
         #expect(UblkLayout.ringEntries(depth: 4096) == 16384)
+        // Completions: a command per tag and all of a request's backing I/O.
+        #expect(UblkLayout.completionEntries(depth: 1, ioPerRequest: 0) == 128)
+        #expect(UblkLayout.completionEntries(depth: 128, ioPerRequest: 16) == 4096)  // 128 x 17 + 64
+        #expect(UblkLayout.completionEntries(depth: 4096, ioPerRequest: 16) == 65536)  // the kernel's most
+    }
+
+    /// The queue ring's completion queue holds what a queue can have in flight
+    /// (the default, twice the submission entries, held 1024 at depth 128,
+    /// where 128 commands and 16 backing reads per request can be 2176).
+    @Test func completionRingIsSizedForEveryRequestsIO() throws {
+        let entries = UblkLayout.ringEntries(depth: 128)
+        let wanted = UblkLayout.completionEntries(depth: 128, ioPerRequest: 16)
+        let ring = try IOURing(entries: entries, completionEntries: wanted)
+        #expect(ring.ring.cq.ring_entries == wanted)
+        #expect(try IOURing(entries: entries).ring.cq.ring_entries == 2 * entries)
     }
 
     @Test func userDataSpaces() {
