@@ -1,5 +1,6 @@
 import CSupport
 import Glibc
+import Synchronization
 
 /// Options a cache is started with (the table's optional arguments and ours).
 public struct CacheConfiguration: Sendable {
@@ -381,11 +382,38 @@ public final class Cache: @unchecked Sendable {
     public func closeKeySets() -> Bool { keySets.closeAll() }
 
     private func startWorkers() throws {
-        let writebackThread = OSThread(name: "pcache-wb") { [unowned self] in self.writebackLoop() }
-        let housekeepingThread = OSThread(name: "pcache-gc") { [unowned self] in self.housekeepingLoop() }
+        let writebackThread = OSThread(name: "pcache-wb") { [unowned self] in
+            becomeIOFlusher("writeback")
+            writebackLoop()
+        }
+        let housekeepingThread = OSThread(name: "pcache-gc") { [unowned self] in
+            becomeIOFlusher("gc")
+            housekeepingLoop()
+        }
         try writebackThread.start()
         try housekeepingThread.start()
         threads = [writebackThread, housekeepingThread]
+    }
+
+    /// Worker threads that have tried to mark themselves PR_SET_IO_FLUSHER,
+    /// and those that did (tests).
+    let ioFlusherAttempts = Atomic<Int>(0)
+    let ioFlusherWorkers = Atomic<Int>(0)
+
+    /// Writeback and GC free the space a full cache's writers wait for, and
+    /// the device they serve may be where the kernel's reclaim writes dirty
+    /// pages: like the queue threads, they must not have their allocations
+    /// wait on reclaim that waits on them (PR_SET_IO_FLUSHER, as loop and
+    /// nbd do in the kernel). Needs CAP_SYS_RESOURCE; without it they run
+    /// as before, and the events say so.
+    private func becomeIOFlusher(_ name: String) {
+        let rc = pcs_set_io_flusher()
+        if rc == 0 {
+            ioFlusherWorkers.add(1, ordering: .relaxed)
+        } else {
+            events?("\(name) thread: PR_SET_IO_FLUSHER failed: \(PCacheError.errnoText(-rc))")
+        }
+        ioFlusherAttempts.add(1, ordering: .relaxed)
     }
 
     private func stopWorkers() {

@@ -1,4 +1,6 @@
+import CSupport
 import Glibc
+import Synchronization
 import Testing
 
 @testable import PCacheCore
@@ -256,6 +258,27 @@ import Testing
         for i in 0..<20 {
             #expect(h.backingBytes(UInt64(i) * 4096, 4096) == pattern(UInt64(i), 4096))
         }
+    }
+
+    /// Writeback and GC threads mark themselves PR_SET_IO_FLUSHER, as the
+    /// queue threads do, where this process may (CAP_SYS_RESOURCE; a
+    /// container may lack it even as root).
+    @Test func workerThreadsAreIOFlushers() throws {
+        let h = try CacheHarness()
+        h.configuration.startWorkers = true
+        try h.restart()
+        var waited = 0
+        while h.cache.ioFlusherAttempts.load(ordering: .relaxed) < 2 && waited < 100 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(h.cache.ioFlusherAttempts.load(ordering: .relaxed) == 2)
+        // Whether a thread of this process may: try on one of our own.
+        let allowed = Mutex<Int32>(-1)
+        let probe = OSThread(name: "io-flusher-probe") { allowed.withLock { $0 = pcs_set_io_flusher() } }
+        try probe.start()
+        probe.join()
+        #expect(h.cache.ioFlusherWorkers.load(ordering: .relaxed) == (allowed.withLock { $0 } == 0 ? 2 : 0))
     }
 
     /// gc_percent 0 keeps dm-pcache's eager writeback, busy or not.
