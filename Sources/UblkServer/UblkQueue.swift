@@ -45,9 +45,10 @@ public final class EventFDWaker: QueueWaker, @unchecked Sendable {
 /// deferred one when the handler calls `completeRequest`. The handler's
 /// backing I/O goes on the same ring (6.12 wants every command of a queue
 /// from one task, and one wait then serves both). The thread leaves when
-/// every tag has been aborted by the kernel (STOP_DEV, or the device going
-/// away) — or when asked to stop and no request is left with the handler —
-/// and no backing I/O of the handler is in flight.
+/// every tag is retired (`UblkTagTable`: aborted by the kernel at STOP_DEV
+/// or when the device goes away, or refused) — or when asked to stop and no
+/// request is left with the handler — and no backing I/O of the handler is
+/// in flight. The first abort tells the handler the queue is stopping.
 ///
 /// All mutable state below the `// thread-confined` mark is touched only by
 /// the queue thread.
@@ -76,18 +77,12 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private var descriptors: UnsafePointer<ublksrv_io_desc>?
     private var descriptorLength = 0
     private var buffers: UnsafeMutableRawPointer?
-    private var tagState: UnsafeMutablePointer<UInt8>
+    private var tags: UblkTagTable
     private var handler: UblkQueueHandler?
     private var wakerBuffer: UnsafeMutablePointer<UInt64>
-    private var abortedCount = 0
-    private var ownedCount = 0
     private var handlerInFlight = 0
     private var stoppingNotified = false
     private var served: UInt64 = 0
-
-    private static let fetching: UInt8 = 0
-    private static let owned: UInt8 = 1
-    private static let aborted: UInt8 = 2
 
     /// - Parameters:
     ///   - charFD: /dev/ublkcN, open for the life of the queue (owned by the caller).
@@ -103,14 +98,13 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         self.target = target
         self.onExit = onExit
         wakerObject = try EventFDWaker()
-        tagState = .allocate(capacity: depth)
-        tagState.initialize(repeating: Self.fetching, count: depth)
+        tags = UblkTagTable(depth: depth)
         wakerBuffer = .allocate(capacity: 1)
         wakerBuffer.initialize(to: 0)
     }
 
     deinit {
-        tagState.deallocate()
+        tags.deallocate()
         wakerBuffer.deallocate()
     }
 
@@ -219,8 +213,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         ring.forEachCompletion { userData, result, _ in
             if case .command(let tag) = UblkLayout.decode(userData), result < 0 {
                 failed = -result
-                tagState[Int(tag)] = Self.aborted
-                abortedCount += 1
+                tags.retireAtSetup(tag: Int(tag))
             }
         }
         if failed != 0 { throw SystemError(errno: failed, "queue \(queueID): FETCH_REQ") }
@@ -263,8 +256,8 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     private var finished: Bool {
         guard handlerInFlight == 0 else { return false }
-        if abortedCount == depth { return true }
-        return ownedCount == 0 && stopFlag.load(ordering: .acquiring)
+        if tags.allRetired { return true }
+        return tags.ownedCount == 0 && stopFlag.load(ordering: .acquiring)
     }
 
     private func tearDown() {
@@ -306,9 +299,8 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     @inline(__always)
     private func commandCompleted(tag: UInt16, result: Int32) {
         let index = Int(tag)
-        if result == UBLK_IO_RES_OK {
-            tagState[index] = Self.owned
-            ownedCount += 1
+        switch tags.commandCompleted(tag: index, result: result) {
+        case .request:
             served &+= 1
             requestsServed.store(served, ordering: .relaxed)
             let d = descriptors![index]
@@ -321,17 +313,14 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
             } else {
                 commit(tag: tag, result: -EIO)
             }
-            return
+        case .aborted:
+            if !stoppingNotified { notifyStopping() }
+        case .failed(let errno):
+            Log.error("queue \(queueID) tag \(tag): ublk command failed: \(String(cString: strerror(errno)))"
+                      + "; the tag is out of service until the device stops (\(tags.failedCount) on this queue)")
+        case .ignored:
+            break
         }
-        if result != UBLK_IO_RES_ABORT {
-            Log.error("queue \(queueID) tag \(tag): ublk command failed: \(String(cString: strerror(-result)))")
-        }
-        if tagState[index] != Self.aborted {
-            if tagState[index] == Self.owned { ownedCount -= 1 }
-            tagState[index] = Self.aborted
-            abortedCount += 1
-        }
-        if !stoppingNotified { notifyStopping() }
     }
 
     private func notifyStopping() {
@@ -341,13 +330,10 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     @inline(__always)
     private func commit(tag: UInt16, result: Int32) {
-        let index = Int(tag)
-        guard index < depth, tagState[index] == Self.owned else {
+        guard tags.commit(tag: Int(tag)) else {
             Log.error("queue \(queueID): completion for tag \(tag), which is not with the handler")
             return
         }
-        tagState[index] = Self.fetching
-        ownedCount -= 1
         prepareCommand(UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag: tag, result: result)
     }
 
