@@ -63,6 +63,8 @@ public final class CacheQueue {
     private let requests: UnsafeMutablePointer<Request>
     private let slots: UnsafeMutablePointer<ReadSlot>
     private var deferred: [UInt16]
+    /// Set by `failWaitingRequests`: what would wait for space fails instead.
+    private var waitingFails = false
     let counters: QueueCounters
 
     init(cache: Cache, id: Int, depth: Int, io: QueueIO, waker: QueueWaker) {
@@ -220,6 +222,24 @@ public final class CacheQueue {
 
     public var deferredCount: Int { deferred.count }
 
+    /// Fails every request waiting for cache space with EIO, and from now on
+    /// any that would wait; returns how many were waiting. For a device being
+    /// stopped while room may never come (writeback halted, or failing on a
+    /// dead backing device): the kernel's STOP_DEV waits for every request
+    /// it has handed out, so waiting ones would hold it up for good. None of
+    /// them was acknowledged, so an error is what they may end with.
+    public func failWaitingRequests() -> Int {
+        waitingFails = true
+        let waiting = deferred.count
+        for tag in deferred {
+            requests[Int(tag)].isDeferred = false
+            finish(tag, -EIO)
+        }
+        deferred.removeAll()
+        cache.queueHasDeferred(self, false)
+        return waiting
+    }
+
     // MARK: Writes
 
     private func continueWrite(_ tag: UInt16) -> Int32? {
@@ -285,6 +305,7 @@ public final class CacheQueue {
     }
 
     private func deferRequest(_ tag: UInt16) -> Int32? {
+        if waitingFails { return -EIO }
         let r = requests + Int(tag)
         if !r.pointee.isDeferred {
             r.pointee.isDeferred = true

@@ -166,4 +166,8 @@ final class PCacheQueueHandler: UblkQueueHandler {
     func queueStopping() {
         queue.stop()
     }
+
+    func failWaitingRequests() -> Int {
+        queue.failWaitingRequests()
+    }
 }

@@ -209,6 +209,12 @@ public final class UblkDevice: @unchecked Sendable {
         }
     }
 
+    /// Makes every queue fail the requests its target holds back waiting
+    /// for resources (from any thread; see `UblkQueue.failWaitingRequests`).
+    public func failWaitingRequests() {
+        for queue in queues { queue.failWaitingRequests() }
+    }
+
     /// DEL_DEV (after `stop`).
     public func delete() throws {
         try control.deleteDevice(id)

@@ -66,6 +66,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private let setupFinished = Semaphore()
     private let setupFailure = Mutex<SystemError?>(nil)
     private let stopFlag = Atomic<Bool>(false)
+    private let failWaitingFlag = Atomic<Bool>(false)
     private let exitedFlag = Atomic<Bool>(false)
     /// Requests handed to the handler so far (for `info`).
     public let requestsServed = Atomic<UInt64>(0)
@@ -82,6 +83,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private var wakerBuffer: UnsafeMutablePointer<UInt64>
     private var handlerInFlight = 0
     private var stoppingNotified = false
+    private var failedWaiting = false
     private var served: UInt64 = 0
 
     /// - Parameters:
@@ -126,6 +128,14 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     /// Use after STOP_DEV (or when the device never started).
     public func requestStop() {
         stopFlag.store(true, ordering: .releasing)
+        wakerObject.wake()
+    }
+
+    /// Asks the thread to fail the requests its handler holds back waiting
+    /// for resources, and any that would wait from now on
+    /// (`UblkQueueHandler.failWaitingRequests`).
+    public func failWaitingRequests() {
+        failWaitingFlag.store(true, ordering: .releasing)
         wakerObject.wake()
     }
 
@@ -292,6 +302,11 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
                 Log.error("queue \(queueID): waker read failed (\(result)); waking disabled")
             }
             if !stoppingNotified && stopFlag.load(ordering: .acquiring) { notifyStopping() }
+            if !failedWaiting && failWaitingFlag.load(ordering: .acquiring) {
+                failedWaiting = true
+                let failed = handler?.failWaitingRequests() ?? 0
+                if failed > 0 { Log.warning("queue \(queueID): \(failed) request(s) waiting for cache space failed with EIO") }
+            }
             handler?.resumeDeferred()
         }
     }

@@ -121,8 +121,7 @@ public enum UblkServer {
         }
 
         socket.stop()
-        if device.exitedQueues == 0 { device.syncBlockDevice() }
-        device.stop()
+        stopWithinGrace(device)
         var status: Int32 = 0
         do {
             try target.shutdown(flushDirty: flush)
@@ -139,6 +138,39 @@ public enum UblkServer {
         RuntimeFiles.removeDeviceFiles(id)
         Log.info("\(device.blockDevicePath) removed")
         return status
+    }
+
+    /// How long a stopping device's requests may wait for cache space before
+    /// they fail (`stopWithinGrace`).
+    static let waitingRequestGraceSeconds = 30.0
+
+    /// Syncs /dev/ublkbN and STOP_DEVs the device, which waits for every
+    /// request the kernel has handed out. A request waiting for cache space
+    /// gets it only from writeback and GC; when they cannot make room (the
+    /// backing device failing, writeback halted), the sync and the stop would
+    /// wait for good. So after `waitingRequestGraceSeconds` such requests
+    /// fail with EIO, and the stop goes on.
+    static func stopWithinGrace(_ device: UblkDevice) {
+        let stopped = Semaphore()
+        let watchdog = OSThread(name: "stop-watchdog") {
+            if stopped.wait(seconds: waitingRequestGraceSeconds) { return }
+            Log.warning("stopping: still not stopped after \(Int(waitingRequestGraceSeconds)) s; "
+                        + "failing the requests that wait for cache space")
+            device.failWaitingRequests()
+        }
+        var watching = true
+        do {
+            try watchdog.start()
+        } catch {
+            Log.error("\(error): requests waiting for cache space may hold up the stop")
+            watching = false
+        }
+        if device.exitedQueues == 0 { device.syncBlockDevice() }
+        device.stop()
+        if watching {
+            stopped.signal()
+            watchdog.join()
+        }
     }
 
     /// Blocks the server's signals in the calling thread (and so in every

@@ -70,6 +70,15 @@ public protocol UblkQueueHandler: AnyObject {
     /// Fail or finish what is pending; the queue thread keeps running until
     /// every backing I/O the handler submitted has completed.
     func queueStopping()
+    /// The device is being stopped and requests the handler holds back
+    /// waiting for resources (cache space) have waited long enough: fail
+    /// them, and any that would wait from now on. Returns how many failed.
+    func failWaitingRequests() -> Int
+}
+
+extension UblkQueueHandler {
+    /// Handlers that never hold requests back have none to fail.
+    public func failWaitingRequests() -> Int { 0 }
 }
 
 /// What the block device looks like to the kernel (SET_PARAMS).

@@ -114,6 +114,48 @@ import Testing
     }
 }
 
+/// A cache full of dirty data whose writeback cannot run: writes wait; a
+/// device being stopped fails them, and any that would wait after them.
+@Suite(.serialized) struct WaitingRequestTests {
+    @Test func failWaitingRequestsEndsWritesThatWaitForSpace() throws {
+        let h = try CacheHarness(cacheMiB: 64, backingMiB: 256)
+        let q = h.queues[0], io = h.ios[0]
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0xA5, count: 1 << 20)
+        // No writeback or GC runs here (no workers, nobody pumps): 1 MiB
+        // writes fill the cache until one has to wait.
+        var written = 0
+        var waiting: UInt16? = nil
+        for i in 0..<256 {
+            let tag = UInt16(i % h.depth)
+            if let result = q.write(tag: tag, offset: UInt64(i) << 20, length: 1 << 20, buffer: buffer, fua: false) {
+                #expect(result == 1 << 20)
+                written += 1
+            } else {
+                waiting = tag
+                break
+            }
+        }
+        let tag = try #require(waiting, "a 64 MiB cache took 256 MiB of writes without waiting")
+        #expect(written > 0 && q.deferredCount == 1 && io.completed.isEmpty)
+        // Nothing changes by itself: the write keeps waiting.
+        q.resumeDeferred()
+        #expect(q.deferredCount == 1 && io.completed.isEmpty)
+
+        #expect(q.failWaitingRequests() == 1)
+        #expect(io.completed[tag] == -EIO && q.deferredCount == 0)
+        // A write that would wait now fails at once; reads still work.
+        let again = q.write(tag: tag, offset: UInt64(written) << 20, length: 1 << 20, buffer: buffer, fua: false)
+        #expect(again == -EIO)
+        #expect(q.deferredCount == 0)
+        let out = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { out.deallocate() }
+        let read = q.read(tag: 1, offset: 0, length: 4096, buffer: out)
+        #expect(read == 4096 && out.load(as: UInt8.self) == 0xA5)
+    }
+}
+
 @Suite(.serialized) struct BackingFailureTests {
     /// Writeback against a failing backing device keeps the data dirty in
     /// the cache, reports the errors, and catches up once the device heals.

@@ -8,7 +8,7 @@
 # log; writeback resumes by itself after the heal and catches up (dirty_tail =
 # key_head); every durable write reads back through the cache and, after
 # del --flush, from the backing device itself.
-# vm-run: --pmem 1G --disk 256M --timeout 360
+# vm-run: --pmem 1G --disk 256M --timeout 600
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"
 . "$VM_PROJECT/Tests/VM/guest/fault-lib.sh"
 work=/tmp/faults
@@ -90,6 +90,40 @@ check "through the cache: every durable write reads back" python3 "$BLOCKCHECK" 
 check_eq "no write or fsync error in the writer logs" 0 "$(cat $work/i*.log | grep -c '^E')"
 
 section "del --flush, then the backing device itself"
+must "del --flush" "$B" del -n 0 --flush
+check "/dev/mapper/pback holds every durable write" python3 "$BLOCKCHECK" verify /dev/mapper/pback --logs $work/i*.log
+section "del while writes wait for space: failing backing device, full cache"
+# Writeback cannot move the dirty tail, so GC frees nothing, and 1 MiB writes
+# over and over the same 192 MiB fill the cache's log; the next write waits.
+# STOP_DEV waits for every request the kernel handed out: after the server's
+# grace period (30 s) the waiting ones fail with EIO and the stop goes on.
+must "swap in the failing table" swap "$flakey"
+must "add (a clean cache: it was flushed)" "$B" add --table "$(pcache_table "$dax" /dev/mapper/pback)" -n 0 -q 2
+check "2 x 500 writes with fsyncs before the cache fills" writers 4 500
+fio --name=fill --filename=/dev/ublkb0 --rw=write --bs=1M --ioengine=psync --direct=1 --offset=64M --size=192M \
+    --loops=16 --output-format=json >$work/fill.json 2>$work/fill.err &
+fill=$!
+check "a write waits for cache space (deferrals counted)" \
+    wait_for 120 sh -c "test \$('$B' status -n 0 --stats | awk '\$1==\"deferrals\" {print \$2}') -gt 0"
+sleep 2
+check "the filling writer is stuck, not done" kill -0 $fill
+note "status: $("$B" status -n 0)"
+t=$(date +%s%N)
+check "del returns" "$B" del -n 0
+secs=$((($(date +%s%N) - t) / 1000000000))
+note "del took $secs s"
+check "within the grace period and the stop (< 90 s)" test $secs -lt 90
+check "not before the grace period (the writes had their 30 s)" test $secs -ge 29
+wait $fill
+check "the waiting write failed (fio exit status $?)" test $? -ne 0
+check "the log tells: grace period over" grep -q "failing the requests that wait for cache space" $RUN/ublkb0.log
+grep "wait.* for cache space" $RUN/ublkb0.log | tail -n 2 | indent
+check "/dev/ublkb0 is gone" test ! -e /dev/ublkb0
+
+section "healed again: the dirty data of the forced stop is all there"
+must "swap in the healthy table" swap "$linear"
+must "add (replays the cache)" "$B" add --table "$(pcache_table "$dax" /dev/mapper/pback)" -n 0 -q 2
+check "through the cache: every durable write reads back" python3 "$BLOCKCHECK" verify /dev/ublkb0 --logs $work/i*.log
 must "del --flush" "$B" del -n 0 --flush
 check "/dev/mapper/pback holds every durable write" python3 "$BLOCKCHECK" verify /dev/mapper/pback --logs $work/i*.log
 check "dmsetup remove pback" dmsetup remove pback
