@@ -1,3 +1,4 @@
+import CSupport
 import Glibc
 import PCacheCore
 import UblkServer
@@ -5,7 +6,7 @@ import UblkServer
 /// `pcache-ublk del`: stop and remove devices.
 enum DelCommand {
     static let summary = "stop and remove /dev/ublkbN (--flush: write back dirty data first)"
-    static let usage = "pcache-ublk del -n <id> | --all [--flush] [--timeout SECONDS]"
+    static let usage = "pcache-ublk del -n <id> | --all [--flush] [--force] [--timeout SECONDS]"
     static let valuedOptions: [String: String] = ["-n": "id", "--id": "id", "--timeout": "timeout"]
     static let help = """
         usage: \(usage)
@@ -16,6 +17,9 @@ enum DelCommand {
         is replayed by the next add with the same cache device. A device whose
         server is gone is stopped and deleted directly.
         --all removes every device added by pcache-ublk.
+        A device in use (a mounted filesystem on it, or a device-mapper or
+        md device over it) is left alone: stopping it would fail the I/O of
+        whoever uses it. --force stops it anyway.
         --timeout SECONDS: how long to wait for the device to go, 1..86400
         (default 120, 3600 with --flush).
         """
@@ -28,7 +32,7 @@ enum DelCommand {
         return UblkCLI.run("del", usage: usage) {
             let parsed = try UblkCLI.Arguments(
                 args, valued: valuedOptions,
-                flags: ["--all": "all", "-a": "all", "--flush": "flush"])
+                flags: ["--all": "all", "-a": "all", "--flush": "flush", "--force": "force"])
             guard parsed.positional.isEmpty else {
                 throw UblkCLI.UsageError("unexpected argument '\(parsed.positional[0])'")
             }
@@ -52,7 +56,7 @@ enum DelCommand {
             var status: Int32 = 0
             for id in ids {
                 do {
-                    try delete(id, flush: flush, timeout: timeout, control: control)
+                    try delete(id, flush: flush, force: parsed.has("force"), timeout: timeout, control: control)
                     UblkCLI.printOut("deleted /dev/ublkb\(id)")
                 } catch {
                     UblkCLI.printError("pcache-ublk del: /dev/ublkb\(id): \(error)")
@@ -63,7 +67,7 @@ enum DelCommand {
         }
     }
 
-    static func delete(_ id: UInt32, flush: Bool, timeout: Int, control: UblkControl) throws {
+    static func delete(_ id: UInt32, flush: Bool, force: Bool, timeout: Int, control: UblkControl) throws {
         let info: UblkDeviceInfo
         do {
             info = try control.deviceInfo(id)
@@ -72,6 +76,9 @@ enum DelCommand {
             throw UblkCLI.Failure("no such device")
         }
         guard info.isOurs else { throw UblkCLI.Failure("not a pcache-ublk device (another ublk server's)") }
+        if !force, let user = user(of: id) {
+            throw UblkCLI.Failure("in use: \(user); nothing was stopped (unmount or remove it first, or --force)")
+        }
 
         // A QUIESCED device has lost its server (or is being recovered).
         if info.state == .live && UblkCLI.isAlive(info.serverPID) {
@@ -110,6 +117,34 @@ enum DelCommand {
         try control.stopDevice(id)
         try control.deleteDevice(id)
         RuntimeFiles.removeDeviceFiles(id)
+    }
+
+    /// Who holds /dev/ublkbN exclusively (a mounted filesystem, a
+    /// device-mapper or md device over it, another O_EXCL opener), described,
+    /// or nil when nobody does. Opening it with O_EXCL fails with EBUSY
+    /// exactly then; openers without O_EXCL (a dd, say) are not seen, as
+    /// dmsetup's open count would.
+    static func user(of id: UInt32) -> String? {
+        let path = DeviceNodes.blockDevicePath(id)
+        let fd = open(path, O_RDONLY | O_EXCL | O_NONBLOCK | O_CLOEXEC)
+        if fd >= 0 {
+            close(fd)
+            return nil
+        }
+        guard errno == EBUSY else { return nil }  // no node (stopped, quiesced): nobody can hold it
+        var st = stat()
+        if stat(path, &st) == 0, let mounts = readSmallFile("/proc/self/mountinfo", limit: 16 << 20) {
+            // "36 35 98:0 / /mnt rw,... - ext4 /dev/ublkb0 rw": field 3 is major:minor, field 5 the mount point.
+            let device = "\(pcs_major(UInt64(st.st_rdev))):\(pcs_minor(UInt64(st.st_rdev)))"
+            let points = mounts.split(separator: "\n").compactMap { line -> String? in
+                let fields = line.split(separator: " ")
+                return fields.count > 4 && fields[2] == device ? String(fields[4]) : nil
+            }
+            if !points.isEmpty { return "mounted on \(points.joined(separator: ", "))" }
+        }
+        let holders = UblkCLI.directoryEntries("/sys/block/ublkb\(id)/holders")
+        if !holders.isEmpty { return "held by \(holders.sorted().joined(separator: ", "))" }
+        return "opened exclusively by another program"
     }
 
     /// After `del --flush`: the server shuts its cache down before the device

@@ -177,16 +177,23 @@ enum UblkCLI {
 
     /// Ids of the ublk devices the kernel has, from /sys/class/ublk-char.
     static func deviceIDs() -> [UInt32] {
-        guard let dir = opendir("/sys/class/ublk-char") else { return [] }
+        directoryEntries("/sys/class/ublk-char").compactMap { name in
+            name.hasPrefix("ublkc") ? UInt32(name.dropFirst(5)) : nil
+        }.sorted()
+    }
+
+    /// The names in a directory, without "." and ".."; empty if it cannot be read.
+    static func directoryEntries(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
         defer { closedir(dir) }
-        var ids: [UInt32] = []
+        var names: [String] = []
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            if name.hasPrefix("ublkc"), let id = UInt32(name.dropFirst(5)) { ids.append(id) }
+            if name != "." && name != ".." { names.append(name) }
         }
-        return ids.sorted()
+        return names
     }
 
     /// Whether process `pid` exists and is not a zombie.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The cache under a filesystem: add with a table, mkfs.ext4, a file tree with
-# sha256 sums, umount, del, add again -> the files are replayed from the cache
-# and fsck is clean; del --flush -> the backing device alone holds the
-# filesystem (mounted directly, read-only); the cache device's first MiB
-# zeroed -> add formats a fresh cache and the files come from the backing
-# device.
+# sha256 sums, del refused while it is mounted, umount, del, add again -> the
+# files are replayed from the cache and fsck is clean; del --flush -> the
+# backing device alone holds the filesystem (mounted directly, read-only); the
+# cache device's first MiB zeroed -> add formats a fresh cache and the files
+# come from the backing device.
 # vm-run: --pmem 1G --disk 2G --timeout 600 -e PCACHE_VM_SOAK
 . "$VM_PROJECT/Tests/VM/guest/lib.sh"
 . "$VM_PROJECT/Tests/VM/guest/cache-lib.sh"
@@ -48,6 +48,11 @@ make_tree $MNT one
 sums $MNT >/tmp/sums-one
 check "file tree written ($(wc -l </tmp/sums-one) files, $(du -sm $MNT | cut -f1) MiB)" test "$(wc -l </tmp/sums-one)" -gt 30
 check "sync" sync
+out=$("$B" del -n 0 2>&1)
+check "del refuses a mounted device (exit $?)" test $? -eq 1
+check_eq "and says why" "pcache-ublk del: /dev/ublkb0: in use: mounted on $MNT; nothing was stopped (unmount or remove it first, or --force)" "$out"
+check "the files are still there and whole" same_sums $MNT /tmp/sums-one
+check_eq "the device is still live" live "$("$B" list --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['state'])")"
 check "umount" umount $MNT
 check "key_head moved ($head0 -> $(key_head 0))" test "$(key_head 0)" != "$head0"
 note "status: $("$B" status -n 0)"
