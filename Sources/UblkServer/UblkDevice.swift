@@ -135,7 +135,7 @@ public final class UblkDevice: @unchecked Sendable {
             for q in 0..<info.queueCount {
                 let queue = try UblkQueue(
                     deviceID: id, queueID: q, depth: info.queueDepth, maxIOBytes: info.maxIOBytes,
-                    charFD: charFD, target: target,
+                    charFD: charFD, target: target, keepsRequestsOnFailure: info.supportsRecovery,
                     onExit: { [queueExitCount] _ in
                         queueExitCount.increment()
                         onQueueExit()
@@ -167,6 +167,12 @@ public final class UblkDevice: @unchecked Sendable {
             throw error
         }
         if let fresh = try? control.deviceInfo(id) { info = fresh }
+    }
+
+    /// The first failed queue and why it failed (`UblkQueue.failure`).
+    public var failedQueue: (id: Int, reason: String)? {
+        for queue in queues { if let reason = queue.failure { return (queue.queueID, reason) } }
+        return nil
     }
 
     /// How many queue threads have ended.

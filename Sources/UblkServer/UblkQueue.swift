@@ -68,6 +68,14 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private let stopFlag = Atomic<Bool>(false)
     private let failWaitingFlag = Atomic<Bool>(false)
     private let exitedFlag = Atomic<Bool>(false)
+    private let failureText = Mutex<String?>(nil)
+    /// On a failure, leave the ring open and the handler's requests
+    /// unanswered: the server exits, and the kernel keeps them for
+    /// USER_RECOVERY (see `failure`).
+    private let keepsRequestsOnFailure: Bool
+    /// Fault injection for tests: the queue fails once it has served this
+    /// many requests (`PCACHE_UBLK_FAULT_QUEUE=<queue>:<requests>`).
+    private let failAfterRequests: UInt64
     /// Requests handed to the handler so far (for `info`).
     public let requestsServed = Atomic<UInt64>(0)
     private let onExit: @Sendable (UblkQueue) -> Void
@@ -88,9 +96,12 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     /// - Parameters:
     ///   - charFD: /dev/ublkcN, open for the life of the queue (owned by the caller).
+    ///   - keepsRequestsOnFailure: the device has USER_RECOVERY, so a failed
+    ///     queue leaves its requests to the kernel (the server exits).
     ///   - onExit: called on the queue thread when it is about to end.
     public init(deviceID: UInt32, queueID: Int, depth: Int, maxIOBytes: Int, charFD: Int32,
-                target: UblkTarget, onExit: @escaping @Sendable (UblkQueue) -> Void) throws {
+                target: UblkTarget, keepsRequestsOnFailure: Bool = false,
+                onExit: @escaping @Sendable (UblkQueue) -> Void) throws {
         precondition(depth > 0 && depth <= UblkLayout.maxQueueDepth)
         self.deviceID = deviceID
         self.queueID = queueID
@@ -99,6 +110,8 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         self.charFD = charFD
         self.target = target
         self.onExit = onExit
+        self.keepsRequestsOnFailure = keepsRequestsOnFailure
+        failAfterRequests = Self.injectedFailure(queueID: queueID)
         wakerObject = try EventFDWaker()
         tags = UblkTagTable(depth: depth)
         wakerBuffer = .allocate(capacity: 1)
@@ -141,6 +154,17 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     public var hasExited: Bool { exitedFlag.load(ordering: .acquiring) }
 
+    /// Why the thread ended, when it was not the device stopping: its ring
+    /// failed. Nil while it runs and after a stop.
+    public var failure: String? { failureText.withLock { $0 } }
+
+    static func injectedFailure(queueID: Int) -> UInt64 {
+        guard let text = getenv("PCACHE_UBLK_FAULT_QUEUE").map({ String(cString: $0) }) else { return .max }
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, Int(parts[0]) == queueID, let count = UInt64(parts[1]) else { return .max }
+        return count
+    }
+
     /// Waits for the thread to end. Idempotent (call from one thread).
     public func join() {
         guard let thread else { return }
@@ -167,7 +191,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         }
         setupFinished.signal()
         serve()
-        tearDown()
+        if failure == nil || !keepsRequestsOnFailure { tearDown() }
         exitedFlag.store(true, ordering: .releasing)
         onExit(self)
     }
@@ -251,11 +275,15 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
                 // backing reads still write into.
                 if !ring.hasCompletion { usleep(1000) }
             } catch {
-                Log.error("queue \(queueID): \(error)")
+                failureText.withLock { $0 = "\(error)" }
                 break
             }
             ring.forEachCompletion { userData, result, _ in
                 dispatch(userData, result)
+            }
+            if served >= failAfterRequests {
+                failureText.withLock { $0 = "injected failure after \(served) requests (PCACHE_UBLK_FAULT_QUEUE)" }
+                break
             }
             if !stoppingNotified && stopFlag.load(ordering: .acquiring) {
                 notifyStopping()

@@ -112,7 +112,22 @@ public enum UblkServer {
                     break waiting
                 }
                 if device.exitedQueues > 0 {
-                    Log.warning("a queue ended (device stopped from outside, or a queue failed): stopping")
+                    if let failed = device.failedQueue {
+                        Log.error("queue \(failed.id) failed: \(failed.reason)")
+                        if device.info.supportsRecovery {
+                            // As if the server had crashed: the kernel keeps
+                            // the device and its I/O (QUIESCED) for `recover`,
+                            // where stopping it would fail that I/O. Open
+                            // key-sets are in the stash for the next server.
+                            Log.error("exiting without stopping \(device.blockDevicePath): its I/O waits for "
+                                      + "'pcache-ublk recover -n \(id)'")
+                            socket.stop()
+                            _exit(3)
+                        }
+                        Log.warning("the device cannot be recovered (no USER_RECOVERY): stopping it")
+                    } else {
+                        Log.warning("a queue ended (the device was stopped from outside): stopping")
+                    }
                     break waiting
                 }
             default:

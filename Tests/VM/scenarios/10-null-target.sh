@@ -164,6 +164,30 @@ pid=$(json_field 0 pid)
 check "kill -9 and del without a server" sh -c "kill -9 $pid; sleep 1; '$B' del -n 0"
 check "deleted" gone 0
 
+section "a queue thread fails: the server leaves the device to recover"
+# PCACHE_UBLK_FAULT_QUEUE=1:100 makes queue 1 fail once it has served 100
+# requests, as if its io_uring had failed. The device has USER_RECOVERY, so
+# the server exits without stopping it: its I/O waits for recover.
+out=$(PCACHE_UBLK_FAULT_QUEUE=1:100 "$B" add --null 64M -q 2 2>&1)
+check_eq "add -q 2" /dev/ublkb0 "$out"
+pid=$(json_field 0 pid)
+# blk-mq maps CPU 1 to queue 1.
+taskset -c 1 dd if=/dev/ublkb0 of=/dev/null bs=4k count=400 iflag=direct status=none &
+ddpid=$!
+check "the server exits" wait_for 20 no_process "$pid"
+check_eq "the device is QUIESCED, not deleted" quiesced "$(json_field 0 state)"
+check "the log names the failed queue" grep -q "queue 1 failed: injected failure" $RUN/ublkb0.log
+check "and what to do" grep -q "its I/O waits for 'pcache-ublk recover -n 0'" $RUN/ublkb0.log
+check "a read on queue 1 waits meanwhile" kill -0 $ddpid
+out=$("$B" recover -n 0 2>&1)
+check_eq "recover" /dev/ublkb0 "$out"
+wait $ddpid
+check_eq "the waiting reads completed (dd exit status)" 0 "$?"
+check_eq "LIVE again" live "$(json_field 0 state)"
+check "I/O on queue 1 after recovery" taskset -c 1 dd if=/dev/ublkb0 of=/dev/null bs=4k count=400 iflag=direct status=none
+check "del" "$B" del -n 0
+check "deleted" gone 0
+
 section "without devtmpfs: nodes made from /sys"
 mkdir -p /tmp/olddev
 mount --bind /dev /tmp/olddev
