@@ -7,6 +7,12 @@ public enum Log {
     public static func warning(_ message: String) { write("warning", message) }
     public static func error(_ message: String) { write("error", message) }
 
+    /// Runs a clean-up step whose failure must not hide the error being
+    /// handled, and logs that failure instead of dropping it.
+    public static func ifFails(_ what: String, _ body: () throws -> Void) {
+        do { try body() } catch { Self.error("\(what): \(error)") }
+    }
+
     private static func write(_ level: String, _ message: String) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)

@@ -67,7 +67,12 @@ public final class UblkDevice: @unchecked Sendable {
 
         var flags = UblkFeatures.cmdIoctlEncode | UblkFeatures.uringCmdCompInTask
         if options.userRecovery {
-            let supported = (try? control.features()) ?? 0
+            var supported: UInt64 = 0
+            do {
+                supported = try control.features()
+            } catch {
+                Log.warning("GET_FEATURES: \(error); the device is added without USER_RECOVERY")
+            }
             if supported & UblkFeatures.userRecovery != 0 { flags |= UblkFeatures.userRecovery }
             if supported & UblkFeatures.userRecoveryReissue != 0 { flags |= UblkFeatures.userRecoveryReissue }
         }
@@ -78,7 +83,7 @@ public final class UblkDevice: @unchecked Sendable {
         do {
             try control.setParameters(info.id, parameters, maxIOBytes: info.maxIOBytes)
         } catch {
-            try? control.deleteDevice(info.id)
+            Log.ifFails("deleting device \(info.id) after SET_PARAMS failed") { try control.deleteDevice(info.id) }
             throw error
         }
         return UblkDevice(info: info, target: target, control: control, recovering: false)

@@ -61,7 +61,7 @@ public enum UblkServer {
             try device.start(onQueueExit: { kill(pid, SIGUSR1) })
         } catch {
             if case .add = mode {
-                try? control.deleteDevice(id)
+                Log.ifFails("deleting device \(id) after the failed start") { try control.deleteDevice(id) }
                 RuntimeFiles.removeDeviceFiles(id)
             }
             throw error
@@ -83,8 +83,8 @@ public enum UblkServer {
         } catch {
             Log.error("control socket: \(error); stopping the device")
             device.stop()
-            try? target.shutdown(flushDirty: false)
-            try? device.delete()
+            Log.ifFails("target shutdown") { try target.shutdown(flushDirty: false) }
+            Log.ifFails("deleting the device") { try device.delete() }
             RuntimeFiles.removeDeviceFiles(id)
             throw error
         }

@@ -97,9 +97,10 @@ enum DelCommand {
                 UblkCLI.printError("pcache-ublk del: /dev/ublkb\(id): server does not answer (\(error)); sending SIGTERM")
                 kill(info.serverPID, SIGTERM)
             }
-            // Done when the kernel no longer knows the device.
+            // Done when the kernel no longer knows the device (ENODEV); any
+            // other error is not an answer.
             var waited = 0
-            while (try? control.deviceInfo(id)) != nil {
+            while deviceExists(id, control: control) {
                 if waited >= timeout * 1000 {
                     throw UblkCLI.Failure("still there after \(timeout) s (server pid \(info.serverPID)); see \(RuntimeFiles.logPath(id))")
                 }
@@ -117,6 +118,17 @@ enum DelCommand {
         try control.stopDevice(id)
         try control.deleteDevice(id)
         RuntimeFiles.removeDeviceFiles(id)
+    }
+
+    static func deviceExists(_ id: UInt32, control: UblkControl) -> Bool {
+        do {
+            _ = try control.deviceInfo(id)
+            return true
+        } catch let error as SystemError where error.errno == ENODEV {
+            return false
+        } catch {
+            return true
+        }
     }
 
     /// Who holds /dev/ublkbN exclusively (a mounted filesystem, a
