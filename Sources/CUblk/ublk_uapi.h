@@ -22,6 +22,8 @@ static const uint32_t UBLK_U_CMD_START_USER_RECOVERY = 0xc0207510;
 static const uint32_t UBLK_U_CMD_END_USER_RECOVERY = 0xc0207511;
 static const uint32_t UBLK_U_CMD_GET_DEV_INFO2 = 0x80207512;
 static const uint32_t UBLK_U_CMD_GET_FEATURES = 0x80207513;
+// Since 6.9: DEL_DEV without waiting for the device's last reference.
+static const uint32_t UBLK_U_CMD_DEL_DEV_ASYNC = 0x80207514;
 
 // ---- I/O commands (on /dev/ublkcN, one ring per queue) --------------------
 // Encoded as _IOWR('u', nr, struct ublksrv_io_cmd).

@@ -189,6 +189,17 @@ public final class UblkControl {
         _ = try execute(UBLK_U_CMD_DEL_DEV, "DEL_DEV", devID: id)
     }
 
+    /// DEL_DEV_ASYNC (6.9+): the device is deleted, and the kernel frees it
+    /// once the last program holding /dev/ublkbN open closes it, where
+    /// DEL_DEV waits for that. Falls back to DEL_DEV on older drivers.
+    public func deleteDeviceWithoutWaiting(_ id: UInt32) throws {
+        do {
+            _ = try execute(UBLK_U_CMD_DEL_DEV_ASYNC, "DEL_DEV_ASYNC", devID: id)
+        } catch let error as SystemError where error.errno == EOPNOTSUPP || error.errno == EINVAL {
+            try deleteDevice(id)
+        }
+    }
+
     /// GET_FEATURES: the `UBLK_F_*` the running driver supports.
     public func features() throws -> UInt64 {
         var value: UInt64 = 0

@@ -226,9 +226,11 @@ public final class UblkDevice: @unchecked Sendable {
         for queue in queues { queue.failWaitingRequests() }
     }
 
-    /// DEL_DEV (after `stop`).
+    /// DEL_DEV (after `stop`), without waiting for programs that still hold
+    /// /dev/ublkbN open: the server is done with the device, and one such
+    /// program must not keep it from exiting (`UblkControl.deleteDeviceWithoutWaiting`).
     public func delete() throws {
-        try control.deleteDevice(id)
+        try control.deleteDeviceWithoutWaiting(id)
     }
 
     /// The kernel's current view of the device.

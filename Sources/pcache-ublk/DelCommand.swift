@@ -100,7 +100,21 @@ enum DelCommand {
             // Done when the kernel no longer knows the device (ENODEV); any
             // other error is not an answer.
             var waited = 0
+            var deletedAt: Int? = nil
             while deviceExists(id, control: control) {
+                // The server deleted it and exited, and the kernel has taken
+                // its node away: a program still holding /dev/ublkbN open
+                // keeps the kernel's object until it closes it. A short hold
+                // (udev probing, say) is waited out, so that the id is free
+                // again when del returns.
+                if !UblkCLI.isAlive(info.serverPID) && access("/sys/class/ublk-char/ublkc\(id)", F_OK) != 0 {
+                    if deletedAt == nil { deletedAt = waited }
+                    if waited - deletedAt! >= 3000 {
+                        UblkCLI.printError("pcache-ublk del: /dev/ublkb\(id): deleted; a program still holds it open, "
+                                           + "and the kernel frees it when that closes it")
+                        break
+                    }
+                }
                 if waited >= timeout * 1000 {
                     throw UblkCLI.Failure("still there after \(timeout) s (server pid \(info.serverPID)); see \(RuntimeFiles.logPath(id))")
                 }

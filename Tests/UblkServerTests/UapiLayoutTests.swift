@@ -18,6 +18,7 @@ import Testing
         func ior(_ nr: UInt32, size: UInt32) -> UInt32 { 0x8000_0000 | size << 16 | 0x75 << 8 | nr }
         #expect(UBLK_U_CMD_ADD_DEV == iowr(0x04, size: 32))
         #expect(UBLK_U_CMD_GET_FEATURES == ior(0x13, size: 32))
+        #expect(UBLK_U_CMD_DEL_DEV_ASYNC == ior(0x14, size: 32))
         #expect(UBLK_U_IO_FETCH_REQ == iowr(0x20, size: 16))
         #expect(UBLK_U_IO_COMMIT_AND_FETCH_REQ == iowr(0x21, size: 16))
     }

@@ -188,6 +188,27 @@ check "I/O on queue 1 after recovery" taskset -c 1 dd if=/dev/ublkb0 of=/dev/nul
 check "del" "$B" del -n 0
 check "deleted" gone 0
 
+section "del while a program holds /dev/ublkb0 open"
+# Not exclusively (del leaves devices in use alone): a shell redirect. The
+# server deletes the device without waiting for it (DEL_DEV_ASYNC) and exits;
+# the kernel frees the device when the holder closes it.
+out=$("$B" add --null 64M 2>&1)
+check_eq "add" /dev/ublkb0 "$out"
+pid=$(json_field 0 pid)
+sleep 600 </dev/ublkb0 &
+holder=$!
+t=$(date +%s)
+out=$("$B" del -n 0 2>&1)
+check "del succeeds (exit $?)" test $? -eq 0
+check "and says a program still holds it" sh -c "echo '$out' | grep -q 'a program still holds it open'"
+check "promptly (< 15 s)" test $(($(date +%s) - t)) -lt 15
+check "the server exited" wait_for 10 no_process "$pid"
+kill $holder
+wait $holder 2>/dev/null
+check "once the holder has closed it, id 0 is free again" wait_for 10 sh -c "'$B' add --null 64M -n 0 >/dev/null"
+check "del" "$B" del -n 0
+check "deleted" gone 0
+
 section "without devtmpfs: nodes made from /sys"
 mkdir -p /tmp/olddev
 mount --bind /dev /tmp/olddev
