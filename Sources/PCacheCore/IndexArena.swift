@@ -230,6 +230,10 @@ struct IndexArena {
     private func refillLoop() {
         let s = state
         _ = pcs_set_thread_idle_priority()  // if refused, it maps at normal priority, as before
+        // Its page faults must not wait on reclaim writing to the device the
+        // queue threads serve (they wait on its chunks). Refused without
+        // CAP_SYS_RESOURCE; the writeback and GC threads' log says so.
+        _ = pcs_set_io_flusher()
         while true {
             let stop = s.refillMutex.withLock { () -> Bool in
                 while !s.refillRequested && !s.stopping { s.refillWanted.wait(s.refillMutex, nanoseconds: 1_000_000_000) }
