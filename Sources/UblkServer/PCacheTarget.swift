@@ -66,6 +66,11 @@ public final class PCacheTarget: UblkTarget {
     /// A read's backing reads (one per gap in what is cached) or a discard's one.
     public var ioPerRequest: Int { CacheQueue.maxBackingIOPerRequest }
 
+    public var reclaimProgress: UInt64 {
+        let s = cache.status()
+        return s.writebackBytes &+ s.gcSegmentsFreed &+ s.writebackKeySets
+    }
+
     public func makeQueueHandler(queueID: Int, depth: Int, io: QueueIO, waker: QueueWaker) throws -> UblkQueueHandler {
         PCacheQueueHandler(queue: cache.makeQueue(id: queueID, depth: depth, io: io, waker: waker))
     }

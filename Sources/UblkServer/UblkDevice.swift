@@ -133,14 +133,17 @@ public final class UblkDevice: @unchecked Sendable {
     /// Opens /dev/ublkcN, starts every queue (each FETCHes all its tags), then
     /// START_DEV — or END_USER_RECOVERY when taking over — and makes sure
     /// /dev/ublkbN exists. `onQueueExit` is called (on the queue's thread)
-    /// whenever a queue thread ends after a successful start.
-    public func start(onQueueExit: @escaping @Sendable () -> Void) throws {
+    /// whenever a queue thread ends after a successful start;
+    /// `onQueueFailure` (on the failed queue's thread) when one fails, with
+    /// its requests left as they are (see `UblkQueue.failure`).
+    public func start(onQueueExit: @escaping @Sendable () -> Void,
+                      onQueueFailure: (@Sendable (Int, String) -> Void)? = nil) throws {
         charFD = try DeviceNodes.openCharDevice(id)
         do {
             for q in 0..<info.queueCount {
                 let queue = try UblkQueue(
                     deviceID: id, queueID: q, depth: info.queueDepth, maxIOBytes: info.maxIOBytes,
-                    charFD: charFD, target: target, keepsRequestsOnFailure: info.supportsRecovery,
+                    charFD: charFD, target: target, onFailure: onQueueFailure,
                     onExit: { [queueExitCount] _ in
                         queueExitCount.increment()
                         onQueueExit()
@@ -172,12 +175,6 @@ public final class UblkDevice: @unchecked Sendable {
             throw error
         }
         if let fresh = try? control.deviceInfo(id) { info = fresh }
-    }
-
-    /// The first failed queue and why it failed (`UblkQueue.failure`).
-    public var failedQueue: (id: Int, reason: String)? {
-        for queue in queues { if let reason = queue.failure { return (queue.queueID, reason) } }
-        return nil
     }
 
     /// How many queue threads have ended.

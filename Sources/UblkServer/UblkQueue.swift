@@ -46,9 +46,11 @@ public final class EventFDWaker: QueueWaker, @unchecked Sendable {
 /// backing I/O goes on the same ring (6.12 wants every command of a queue
 /// from one task, and one wait then serves both). The thread leaves when
 /// every tag is retired (`UblkTagTable`: aborted by the kernel at STOP_DEV
-/// or when the device goes away, or refused) — or when asked to stop and no
-/// request is left with the handler — and no backing I/O of the handler is
-/// in flight. The first abort tells the handler the queue is stopping.
+/// or when the device goes away) — or when asked to stop and no request is
+/// left with the handler — and no backing I/O of the handler is in flight.
+/// The first abort tells the handler the queue is stopping. A ring that
+/// fails, or a result the kernel refuses, is a failure instead (`failure`,
+/// `onFailure`).
 ///
 /// All mutable state below the `// thread-confined` mark is touched only by
 /// the queue thread.
@@ -69,10 +71,9 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private let failWaitingFlag = Atomic<Bool>(false)
     private let exitedFlag = Atomic<Bool>(false)
     private let failureText = Mutex<String?>(nil)
-    /// On a failure, leave the ring open and the handler's requests
-    /// unanswered: the server exits, and the kernel keeps them for
-    /// USER_RECOVERY (see `failure`).
-    private let keepsRequestsOnFailure: Bool
+    /// Called on this thread when the queue fails, with its ring and
+    /// requests left as they are (the server exits; see `failure`).
+    private let onFailure: (@Sendable (Int, String) -> Void)?
     /// Fault injection for tests: the queue fails once it has served this
     /// many requests (`PCACHE_UBLK_FAULT_QUEUE=<queue>:<requests>`).
     private let failAfterRequests: UInt64
@@ -96,11 +97,14 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     /// - Parameters:
     ///   - charFD: /dev/ublkcN, open for the life of the queue (owned by the caller).
-    ///   - keepsRequestsOnFailure: the device has USER_RECOVERY, so a failed
-    ///     queue leaves its requests to the kernel (the server exits).
+    ///   - onFailure: called on the queue thread if the queue fails (its ring
+    ///     failed, or the kernel refused a request's result), before anything
+    ///     is torn down: the requests it holds may never complete, and the
+    ///     server ends the process. If it returns, the queue tears down as on
+    ///     a stop.
     ///   - onExit: called on the queue thread when it is about to end.
     public init(deviceID: UInt32, queueID: Int, depth: Int, maxIOBytes: Int, charFD: Int32,
-                target: UblkTarget, keepsRequestsOnFailure: Bool = false,
+                target: UblkTarget, onFailure: (@Sendable (Int, String) -> Void)? = nil,
                 onExit: @escaping @Sendable (UblkQueue) -> Void) throws {
         precondition(depth > 0 && depth <= UblkLayout.maxQueueDepth)
         self.deviceID = deviceID
@@ -110,7 +114,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         self.charFD = charFD
         self.target = target
         self.onExit = onExit
-        self.keepsRequestsOnFailure = keepsRequestsOnFailure
+        self.onFailure = onFailure
         failAfterRequests = Self.injectedFailure(queueID: queueID)
         wakerObject = try EventFDWaker()
         tags = UblkTagTable(depth: depth)
@@ -155,7 +159,9 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     public var hasExited: Bool { exitedFlag.load(ordering: .acquiring) }
 
     /// Why the thread ended, when it was not the device stopping: its ring
-    /// failed. Nil while it runs and after a stop.
+    /// failed, or the kernel refused a COMMIT_AND_FETCH (the request it
+    /// carried then stays with the server, and a stop would wait for it).
+    /// Nil while it runs and after a stop.
     public var failure: String? { failureText.withLock { $0 } }
 
     static func injectedFailure(queueID: Int) -> UInt64 {
@@ -191,7 +197,11 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         }
         setupFinished.signal()
         serve()
-        if failure == nil || !keepsRequestsOnFailure { tearDown() }
+        if let failure {
+            Log.error("queue \(queueID) failed: \(failure)")
+            onFailure?(queueID, failure)
+        }
+        tearDown()
         exitedFlag.store(true, ordering: .releasing)
         onExit(self)
     }
@@ -288,6 +298,11 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
             if !stoppingNotified && stopFlag.load(ordering: .acquiring) {
                 notifyStopping()
             }
+            if tags.failedCount > 0 {
+                failureText.withLock { $0 = "the kernel refused to take a request's result" }
+                break
+            }
+            if !failedWaiting && failWaitingFlag.load(ordering: .acquiring) { failWaiting() }
         }
         requestsServed.store(served, ordering: .relaxed)
     }
@@ -330,11 +345,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
                 Log.error("queue \(queueID): waker read failed (\(result)); waking disabled")
             }
             if !stoppingNotified && stopFlag.load(ordering: .acquiring) { notifyStopping() }
-            if !failedWaiting && failWaitingFlag.load(ordering: .acquiring) {
-                failedWaiting = true
-                let failed = handler?.failWaitingRequests() ?? 0
-                if failed > 0 { Log.warning("queue \(queueID): \(failed) request(s) waiting for cache space failed with EIO") }
-            }
+            if !failedWaiting && failWaitingFlag.load(ordering: .acquiring) { failWaiting() }
             handler?.resumeDeferred()
         }
     }
@@ -359,11 +370,16 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
         case .aborted:
             if !stoppingNotified { notifyStopping() }
         case .failed(let errno):
-            Log.error("queue \(queueID) tag \(tag): ublk command failed: \(String(cString: strerror(errno)))"
-                      + "; the tag is out of service until the device stops (\(tags.failedCount) on this queue)")
+            Log.error("queue \(queueID) tag \(tag): the kernel refused COMMIT_AND_FETCH: \(String(cString: strerror(errno)))")
         case .ignored:
             break
         }
+    }
+
+    private func failWaiting() {
+        failedWaiting = true
+        let failed = handler?.failWaitingRequests() ?? 0
+        if failed > 0 { Log.warning("queue \(queueID): \(failed) request(s) waiting for cache space failed with EIO") }
     }
 
     private func notifyStopping() {

@@ -58,7 +58,10 @@ public enum UblkServer {
                 try RuntimeFiles.writeRecord(
                     DeviceRecord(target: spec, queues: device.info.queueCount, depth: device.info.queueDepth), id: id)
             }
-            try device.start(onQueueExit: { kill(pid, SIGUSR1) })
+            let recoverable = device.info.supportsRecovery
+            try device.start(onQueueExit: { kill(pid, SIGUSR1) }, onQueueFailure: { queue, reason in
+                exitAfterQueueFailure(queue: queue, reason: reason, device: id, recoverable: recoverable)
+            })
         } catch {
             if case .add = mode {
                 Log.ifFails("deleting device \(id) after the failed start") { try control.deleteDevice(id) }
@@ -112,22 +115,7 @@ public enum UblkServer {
                     break waiting
                 }
                 if device.exitedQueues > 0 {
-                    if let failed = device.failedQueue {
-                        Log.error("queue \(failed.id) failed: \(failed.reason)")
-                        if device.info.supportsRecovery {
-                            // As if the server had crashed: the kernel keeps
-                            // the device and its I/O (QUIESCED) for `recover`,
-                            // where stopping it would fail that I/O. Open
-                            // key-sets are in the stash for the next server.
-                            Log.error("exiting without stopping \(device.blockDevicePath): its I/O waits for "
-                                      + "'pcache-ublk recover -n \(id)'")
-                            socket.stop()
-                            _exit(3)
-                        }
-                        Log.warning("the device cannot be recovered (no USER_RECOVERY): stopping it")
-                    } else {
-                        Log.warning("a queue ended (the device was stopped from outside): stopping")
-                    }
+                    Log.warning("a queue ended (the device was stopped from outside): stopping")
                     break waiting
                 }
             default:
@@ -155,21 +143,31 @@ public enum UblkServer {
         return status
     }
 
-    /// How long a stopping device's requests may wait for cache space before
-    /// they fail (`stopWithinGrace`).
-    static let waitingRequestGraceSeconds = 30.0
+    /// How long a stopping device's requests may wait for cache space while
+    /// the target makes no room before they fail (`stopWithinGrace`).
+    static let waitingRequestGraceSeconds = 30
 
     /// Syncs /dev/ublkbN and STOP_DEVs the device, which waits for every
     /// request the kernel has handed out. A request waiting for cache space
     /// gets it only from writeback and GC; when they cannot make room (the
     /// backing device failing, writeback halted), the sync and the stop would
-    /// wait for good. So after `waitingRequestGraceSeconds` such requests
-    /// fail with EIO, and the stop goes on.
+    /// wait for good. So once the target's `reclaimProgress` has not moved
+    /// for `waitingRequestGraceSeconds`, such requests fail with EIO and the
+    /// stop goes on. A slow but healthy backing device keeps the clock
+    /// restarting: its writes wait, as they would without a stop.
     static func stopWithinGrace(_ device: UblkDevice) {
         let stopped = Semaphore()
         let watchdog = OSThread(name: "stop-watchdog") {
-            if stopped.wait(seconds: waitingRequestGraceSeconds) { return }
-            Log.warning("stopping: still not stopped after \(Int(waitingRequestGraceSeconds)) s; "
+            var progress = device.target.reclaimProgress
+            var still = 0
+            while !stopped.wait(seconds: 1) {
+                let now = device.target.reclaimProgress
+                still = now == progress ? still + 1 : 0
+                progress = now
+                if still == waitingRequestGraceSeconds { break }
+            }
+            guard still == waitingRequestGraceSeconds else { return }
+            Log.warning("stopping: still not stopped, and no cache space made for \(waitingRequestGraceSeconds) s; "
                         + "failing the requests that wait for cache space")
             device.failWaitingRequests()
         }
@@ -186,6 +184,26 @@ public enum UblkServer {
             stopped.signal()
             watchdog.join()
         }
+    }
+
+    /// A queue thread failed (its ring returned an error it could not wait
+    /// out, or the kernel refused to take a request's result). Requests it
+    /// held may never complete now, and STOP_DEV would wait for them for
+    /// good, so the process exits at once, as a crash would: with
+    /// USER_RECOVERY the kernel keeps the device QUIESCED with its I/O
+    /// waiting for `recover`; without, it fails that I/O and stops the
+    /// device, and `del` deletes it. Acknowledged keys not yet logged are in
+    /// the key-set stash, which the next server adopts. Runs on the failed
+    /// queue's thread.
+    static func exitAfterQueueFailure(queue: Int, reason: String, device id: UInt32, recoverable: Bool) -> Never {
+        if recoverable {
+            Log.error("exiting without stopping /dev/ublkb\(id): its I/O waits for 'pcache-ublk recover -n \(id)'")
+        } else {
+            Log.error("exiting: the device has no USER_RECOVERY, so the kernel fails its I/O and stops it; "
+                      + "'pcache-ublk del -n \(id)' deletes it")
+        }
+        unlink(RuntimeFiles.socketPath(id))
+        _exit(3)
     }
 
     /// Blocks the server's signals in the calling thread (and so in every

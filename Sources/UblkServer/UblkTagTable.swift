@@ -7,9 +7,10 @@ import CUblk
 /// once the kernel will not hand it out again: its command ended with
 /// UBLK_IO_RES_ABORT (the device is stopping or going away), or failed
 /// otherwise. Only an abort means the device is stopping. Any other failure
-/// is the kernel refusing that one command (a tag it does not think is ours,
-/// say): the tag is out of service until the device stops, and the queue
-/// goes on serving the others. (Taking it as a stop once failed every
+/// is the kernel refusing that one COMMIT_AND_FETCH (a tag it does not think
+/// is ours, say): the request it carried stays with the server as far as the
+/// kernel knows, so a stop would wait for it, and the queue counts that as
+/// its failure (`UblkQueue.failure`). (Taking it as a stop once failed every
 /// deferred write of the queue with EIO while its other tags went on.)
 ///
 /// Queue-thread confined, like the queue's other state.

@@ -145,8 +145,14 @@ public protocol UblkTarget: AnyObject, Sendable {
     /// (backing reads of a partial hit, say): the queue's completion ring is
     /// sized so that every one of them has room.
     var ioPerRequest: Int { get }
+    /// A count that grows whenever the target makes room for requests that
+    /// wait for it (bytes written back, segments freed). A stopping server
+    /// fails waiting requests only after it has not moved for a while.
+    /// Any thread.
+    var reclaimProgress: UInt64 { get }
 }
 
 extension UblkTarget {
     public var ioPerRequest: Int { 0 }
+    public var reclaimProgress: UInt64 { 0 }
 }

@@ -96,7 +96,8 @@ section "del while writes wait for space: failing backing device, full cache"
 # Writeback cannot move the dirty tail, so GC frees nothing, and 1 MiB writes
 # over and over the same 192 MiB fill the cache's log; the next write waits.
 # STOP_DEV waits for every request the kernel handed out: after the server's
-# grace period (30 s) the waiting ones fail with EIO and the stop goes on.
+# grace period (30 s in which no room is made) the waiting ones fail with EIO
+# and the stop goes on.
 must "swap in the failing table" swap "$flakey"
 must "add (a clean cache: it was flushed)" "$B" add --table "$(pcache_table "$dax" /dev/mapper/pback)" -n 0 -q 2
 check "2 x 500 writes with fsyncs before the cache fills" writers 4 500
@@ -116,7 +117,7 @@ check "within the grace period and the stop (< 90 s)" test $secs -lt 90
 check "not before the grace period (the writes had their 30 s)" test $secs -ge 29
 wait $fill
 check "the waiting write failed (fio exit status $?)" test $? -ne 0
-check "the log tells: grace period over" grep -q "failing the requests that wait for cache space" $RUN/ublkb0.log
+check "the log tells: no room made for 30 s" grep -q "no cache space made for 30 s; failing the requests that wait for cache space" $RUN/ublkb0.log
 grep "wait.* for cache space" $RUN/ublkb0.log | tail -n 2 | indent
 check "/dev/ublkb0 is gone" test ! -e /dev/ublkb0
 
