@@ -59,8 +59,8 @@ public enum UblkServer {
                     DeviceRecord(target: spec, queues: device.info.queueCount, depth: device.info.queueDepth), id: id)
             }
             let recoverable = device.info.supportsRecovery
-            try device.start(onQueueExit: { kill(pid, SIGUSR1) }, onQueueFailure: { queue, reason in
-                exitAfterQueueFailure(queue: queue, reason: reason, device: id, recoverable: recoverable)
+            try device.start(onQueueExit: { kill(pid, SIGUSR1) }, onQueueFailure: { _, _ in
+                exitAfterQueueFailure(device: id, recoverable: recoverable)
             })
         } catch {
             if case .add = mode {
@@ -194,8 +194,8 @@ public enum UblkServer {
     /// waiting for `recover`; without, it fails that I/O and stops the
     /// device, and `del` deletes it. Acknowledged keys not yet logged are in
     /// the key-set stash, which the next server adopts. Runs on the failed
-    /// queue's thread.
-    static func exitAfterQueueFailure(queue: Int, reason: String, device id: UInt32, recoverable: Bool) -> Never {
+    /// queue's thread, which has logged why.
+    static func exitAfterQueueFailure(device id: UInt32, recoverable: Bool) -> Never {
         if recoverable {
             Log.error("exiting without stopping /dev/ublkb\(id): its I/O waits for 'pcache-ublk recover -n \(id)'")
         } else {
