@@ -214,9 +214,7 @@ public final class CacheQueue {
     /// The queue is going away: requests still deferred fail with EIO, and
     /// the data head gives its segment back.
     public func stop() {
-        for tag in deferred { finish(tag, -EIO) }
-        deferred.removeAll()
-        cache.queueHasDeferred(self, false)
+        _ = failWaitingRequests()
         head.pointee.retire(pool: cache.pool, invalidate: cache.invalidate)
     }
 

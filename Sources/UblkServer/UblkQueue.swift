@@ -70,7 +70,6 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private let stopFlag = Atomic<Bool>(false)
     private let failWaitingFlag = Atomic<Bool>(false)
     private let exitedFlag = Atomic<Bool>(false)
-    private let failureText = Mutex<String?>(nil)
     /// Called on this thread when the queue fails, with its ring and
     /// requests left as they are (the server exits; see `failure`).
     private let onFailure: (@Sendable (Int, String) -> Void)?
@@ -93,6 +92,10 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private var handlerInFlight = 0
     private var stoppingNotified = false
     private var failedWaiting = false
+    /// Why the thread ended, when it was not the device stopping: its ring
+    /// failed, or the kernel refused a COMMIT_AND_FETCH (the request it
+    /// carried then stays with the server, and a stop would wait for it).
+    private var failure: String?
     private var served: UInt64 = 0
 
     /// - Parameters:
@@ -157,12 +160,6 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     }
 
     public var hasExited: Bool { exitedFlag.load(ordering: .acquiring) }
-
-    /// Why the thread ended, when it was not the device stopping: its ring
-    /// failed, or the kernel refused a COMMIT_AND_FETCH (the request it
-    /// carried then stays with the server, and a stop would wait for it).
-    /// Nil while it runs and after a stop.
-    public var failure: String? { failureText.withLock { $0 } }
 
     static func injectedFailure(queueID: Int) -> UInt64 {
         guard let text = getenv("PCACHE_UBLK_FAULT_QUEUE").map({ String(cString: $0) }) else { return .max }
@@ -285,21 +282,21 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
                 // backing reads still write into.
                 if !ring.hasCompletion { usleep(1000) }
             } catch {
-                failureText.withLock { $0 = "\(error)" }
+                failure = "\(error)"
                 break
             }
             ring.forEachCompletion { userData, result, _ in
                 dispatch(userData, result)
             }
             if served >= failAfterRequests {
-                failureText.withLock { $0 = "injected failure after \(served) requests (PCACHE_UBLK_FAULT_QUEUE)" }
+                failure = "injected failure after \(served) requests (PCACHE_UBLK_FAULT_QUEUE)"
                 break
             }
             if !stoppingNotified && stopFlag.load(ordering: .acquiring) {
                 notifyStopping()
             }
             if tags.failedCount > 0 {
-                failureText.withLock { $0 = "the kernel refused to take a request's result" }
+                failure = "the kernel refused to take a request's result"
                 break
             }
             if !failedWaiting && failWaitingFlag.load(ordering: .acquiring) { failWaiting() }
