@@ -123,25 +123,34 @@ public struct SubtreeIndex {
     /// could overlap a range starting at `offset`; `endCursor` if none.
     @inline(__always)
     public func first(endingAfter offset: UInt64) -> Cursor {
-        var low = 0, high = leafCount
-        while low < high {
-            let mid = (low + high) >> 1
-            if directory[mid].lastEnd <= offset { low = mid + 1 } else { high = mid }
-        }
+        let low = Self.countEnding(atOrBefore: offset, in: leafCount) { directory[$0].lastEnd }
         guard low < leafCount else { return endCursor }
         let keys = directory[low].keys
-        var slotLow = 0, slotHigh = directory[low].count
+        let slots = directory[low].count
         // The binary search below would miss on up to five lines of a cold
         // leaf, one after another; asked for at once, the misses overlap.
-        pcs_prefetch_range(keys, slotHigh * MemoryLayout<Extent>.stride)
-        while slotLow < slotHigh {
-            let mid = (slotLow + slotHigh) >> 1
-            if keys[mid].end <= offset { slotLow = mid + 1 } else { slotHigh = mid }
-        }
-        return Cursor(leaf: low, slot: slotLow)
+        pcs_prefetch_range(keys, slots * MemoryLayout<Extent>.stride)
+        return Cursor(leaf: low, slot: Self.countEnding(atOrBefore: offset, in: slots) { keys[$0].end })
     }
 
     public var endCursor: Cursor { Cursor(leaf: leafCount, slot: 0) }
+
+    /// How many of the `count` sorted ends `end(i)` are <= `offset`: a
+    /// binary search whose steps depend only on `count`, with the comparison
+    /// chosen by a conditional move. Which way a step goes is random for
+    /// random writes, so a branch there was mispredicted about every other
+    /// step, some 15 cycles each, about ten times per lookup.
+    @inline(__always)
+    static func countEnding(atOrBefore offset: UInt64, in count: Int, _ end: (Int) -> UInt64) -> Int {
+        guard count > 0 else { return 0 }
+        var base = 0, remaining = count
+        while remaining > 1 {
+            let half = remaining &>> 1
+            base = pcs_select_at_or_below(end(base &+ half &- 1), offset, base &+ half, base)
+            remaining &-= half
+        }
+        return base &+ (end(base) <= offset ? 1 : 0)
+    }
 
     // MARK: Prefetch hints, without the lock
 

@@ -100,6 +100,18 @@ static inline void pcs_prefetch_for_write(const void *p) {
     __builtin_prefetch(p, 1, 3);
 #endif
 }
+// `if_at_or_below` when a <= b, else `otherwise`, by a conditional move:
+// for binary searches whose direction is random, where a branch would be
+// mispredicted every other step. Written out because the compiler turns a
+// select it thinks predictable back into a branch.
+static inline intptr_t pcs_select_at_or_below(uint64_t a, uint64_t b, intptr_t if_at_or_below, intptr_t otherwise) {
+#if defined(__x86_64__)
+    __asm__("cmpq %2, %1\n\tcmovbeq %3, %0" : "+r"(otherwise) : "r"(a), "r"(b), "r"(if_at_or_below) : "cc");
+    return otherwise;
+#else
+    return a <= b ? if_at_or_below : otherwise;
+#endif
+}
 // Orders the loads before it against the loads after it (seqlock readers).
 static inline void pcs_load_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 // Loads for prefetch hints that race with a lock holder's plain stores: one
