@@ -148,9 +148,12 @@ void pcs_word_lock_contended(uint32_t *word) {
             && __atomic_compare_exchange_n(word, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
             return;
     }
-    // Mark the lock contended; whoever unlocks it then wakes a sleeper.
+    // Mark the lock contended; whoever unlocks it then wakes a sleeper. The
+    // timeout bounds the wait when an unlock missed the mark (see
+    // pcs_word_unlock): a rare lost wake-up costs at most this long.
+    const struct timespec timeout = { .tv_sec = 0, .tv_nsec = 100 * 1000 };
     while (__atomic_exchange_n(word, 2, __ATOMIC_ACQUIRE) != 0)
-        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, 2, &timeout, NULL, 0);
 }
 
 void pcs_word_unlock_wake(uint32_t *word) {

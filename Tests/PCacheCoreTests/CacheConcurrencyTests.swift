@@ -1,6 +1,5 @@
 import CSupport
 import Glibc
-import Synchronization
 import Testing
 
 @testable import PCacheCore
@@ -107,5 +106,29 @@ import Testing
         for thread in threads { thread.join() }
         #expect(shared.counter == 3 * perThread)
         #expect(shared.word.pointee == 0, "the lock is free at the end")
+    }
+
+    /// An unlock is a plain store, so it can miss a waiter that marked the
+    /// word just before (see `pcs_word_unlock`). Here the miss is made
+    /// certain: the lock is freed behind a sleeping waiter's back, with no
+    /// wake-up. The waiter's timed sleep must still bring it the lock.
+    @Test func aWaiterWhoseWakeUpWasLostStillGetsTheLock() throws {
+        let shared = Shared()
+        pcs_word_lock(shared.word)
+        let waiter = OSThread(name: "lock-waiter") {
+            pcs_word_lock(shared.word)
+            shared.counter += 1
+            pcs_word_unlock(shared.word)
+        }
+        try waiter.start()
+        // The waiter has given up spinning and marked the word: it sleeps.
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while pcs_atomic_load_u32(shared.word) != 2 && monotonicNanoseconds() < deadline { usleep(100) }
+        try #require(pcs_atomic_load_u32(shared.word) == 2, "the waiter never marked the lock contended")
+        usleep(1000)
+        pcs_atomic_store_u32(shared.word, 0)  // freed, nobody woken
+        waiter.join()
+        #expect(shared.counter == 1, "the waiter got the lock")
+        #expect(shared.word.pointee == 0)
     }
 }

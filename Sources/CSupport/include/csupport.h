@@ -130,6 +130,14 @@ static inline void pcs_compiler_fence(void) { __atomic_signal_fence(__ATOMIC_SEQ
 // share a cache line with the data it guards: taking it costs one atomic on a
 // line the holder touches anyway. A contended lock spins briefly, then sleeps
 // on a futex.
+//
+// Unlocking is a plain store unless the word says someone sleeps. An atomic
+// exchange there would be a locked instruction, and a locked instruction
+// waits until every earlier store has reached memory: on the write path,
+// which unlocks right after copying the data with non-temporal stores, that
+// wait was half of a write's time (perf, 2026-12-07). The price is a race: a
+// waiter that marks the word between the unlocker's load and its store is
+// not woken, so sleepers wake on a short timeout and look again.
 void pcs_word_lock_contended(uint32_t *word);
 void pcs_word_unlock_wake(uint32_t *word);
 static inline void pcs_word_lock(uint32_t *word) {
@@ -138,7 +146,9 @@ static inline void pcs_word_lock(uint32_t *word) {
         pcs_word_lock_contended(word);
 }
 static inline void pcs_word_unlock(uint32_t *word) {
-    if (__atomic_exchange_n(word, 0, __ATOMIC_RELEASE) == 2) pcs_word_unlock_wake(word);
+    int sleepers = __atomic_load_n(word, __ATOMIC_RELAXED) == 2;
+    __atomic_store_n(word, 0, __ATOMIC_RELEASE);
+    if (sleepers) pcs_word_unlock_wake(word);
 }
 
 #endif
