@@ -35,24 +35,23 @@ final class CacheIndex: @unchecked Sendable {
     @inline(__always)
     static func subtree(of offset: UInt64) -> Int { Int(offset >> UInt64(PCacheLayout.subtreeShift)) }
 
-    /// Starts loading stripe `index`'s lock and header line. A write asks
-    /// for it before its data copy, so the miss is served while the copy
-    /// runs instead of after it.
+    /// Starts loading stripe `index`'s lock and header line, for writing
+    /// (see `SubtreeIndex`'s prefetch hints).
     @inline(__always)
     func prefetch(_ index: Int) {
         pcs_prefetch_for_write(shards + index)
     }
 
-    /// Starts loading stripe `index`'s directory, without its lock; a write
-    /// asks for it before its data copy (see `SubtreeIndex`'s prefetch hints).
+    /// Starts loading stripe `index`'s directory, without its lock; reads
+    /// the header, so best asked once `prefetch(index)` has brought it.
     @inline(__always)
     func prefetchDirectory(_ index: Int) {
         SubtreeIndex.prefetchDirectory(of: keys(of: index))
     }
 
     /// Starts loading the leaf of stripe `index` that a search for `offset`
-    /// will read, without the lock; a write asks for it once its data copy
-    /// is issued, so the miss overlaps the copy's drain.
+    /// will read, without the lock; searches the directory, so best asked
+    /// once `prefetchDirectory(index)` has brought it.
     @inline(__always)
     func prefetchLeaf(_ index: Int, endingAfter offset: UInt64) {
         SubtreeIndex.prefetchLeaf(of: keys(of: index), endingAfter: offset)

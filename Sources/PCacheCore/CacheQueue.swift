@@ -17,6 +17,13 @@ public final class CacheQueue {
     public let id: Int
     public let depth: Int
     private let cache: Cache
+    /// Parts of `cache` the write path uses, in stored `let`s of their own
+    /// so reaching them takes no retain: a retain or release is an atomic
+    /// read-modify-write, and one issued after the data copy waits for the
+    /// copy's stores to reach memory.
+    private let dataWriter: DataWriter
+    private let index: CacheIndex
+    private let keySets: OpenKeySets
     private let io: QueueIO
     let waker: QueueWaker
     /// The queue's data head. Behind a pointer, not a stored `var`: every
@@ -24,7 +31,16 @@ public final class CacheQueue {
     /// exclusivity check (swift_beginAccess/endAccess), which the write path
     /// would pay on each allocation.
     private let head: UnsafeMutablePointer<DataHead>
+    /// The offsets of the last two leaves `lookAhead` asked for, newest
+    /// first (behind a pointer for the same reason as `head`): a write to
+    /// one finds its index lines loaded, and copies its data under the locks
+    /// (see `continueWrite`). Two, because the hint for the request after
+    /// this one comes before this one is served.
+    private let hintedLeaves: UnsafeMutablePointer<UInt64>
     private var nextToken: UInt32 = 0
+
+    /// The largest write whose data is copied with the stripe's lock held.
+    static let largestCopyUnderLocks: UInt32 = 16 << 10
 
     /// Backing reads one request may have in flight before its walk pauses.
     static let readSlotsPerTag = 16
@@ -69,12 +85,17 @@ public final class CacheQueue {
 
     init(cache: Cache, id: Int, depth: Int, io: QueueIO, waker: QueueWaker) {
         self.cache = cache
+        dataWriter = DataWriter(cache.memory)
+        index = cache.index
+        keySets = cache.keySets
         self.id = id
         self.depth = depth
         self.io = io
         self.waker = waker
         head = .allocate(capacity: 1)
         head.initialize(to: DataHead())
+        hintedLeaves = .allocate(capacity: 2)
+        hintedLeaves.initialize(repeating: .max, count: 2)
         requests = .allocate(capacity: depth)
         requests.initialize(repeating: Request(), count: depth)
         slots = .allocate(capacity: depth * Self.readSlotsPerTag)
@@ -86,8 +107,38 @@ public final class CacheQueue {
 
     deinit {
         head.deallocate()
+        hintedLeaves.deallocate()
         requests.deallocate()
         slots.deallocate()
+    }
+
+    // MARK: Look-ahead
+
+    /// How many requests ahead `lookAhead` is useful: one step per index
+    /// level (stripe header, directory, leaf).
+    public static let lookAheadDistance = 3
+
+    /// Loads part of the index lines a read or write at `offset` will
+    /// search, for a caller that knows its next requests (a ublk queue
+    /// handed a batch of them): called for each of the next
+    /// `lookAheadDistance` requests before serving one, each request gets
+    /// one step per request served before it. Each step reads what the one
+    /// before it loaded: the stripe's header (3 away), then its directory
+    /// (2), then the leaf (1). The misses are then served while earlier
+    /// requests run, instead of stalling the search under the stripe's
+    /// lock. Reads nothing it could fault on, and changes nothing.
+    @inline(__always)
+    public func lookAhead(offset: UInt64, requestsAway: Int) {
+        let subtree = CacheIndex.subtree(of: offset)
+        guard subtree < index.count else { return }
+        switch requestsAway {
+        case 1:
+            index.prefetchLeaf(subtree, endingAfter: offset)
+            hintedLeaves[1] = hintedLeaves[0]
+            hintedLeaves[0] = offset
+        case 2: index.prefetchDirectory(subtree)
+        default: index.prefetch(subtree)
+        }
     }
 
     // MARK: Entry points
@@ -243,7 +294,7 @@ public final class CacheQueue {
     private func continueWrite(_ tag: UInt16) -> Int32? {
         let r = requests + Int(tag)
         if r.pointee.unclosedKeySet >= 0 {
-            guard cache.keySets.close(r.pointee.unclosedKeySet) else { return deferRequest(tag) }
+            guard keySets.close(r.pointee.unclosedKeySet) else { return deferRequest(tag) }
             r.pointee.unclosedKeySet = -1
         }
         let zeroes = r.pointee.kind == .writeZeroes
@@ -253,30 +304,50 @@ public final class CacheQueue {
             let toStripeEnd = UInt32(PCacheLayout.subtreeSize - Int(offset & UInt64(PCacheLayout.subtreeMask)))
             var want = min(r.pointee.length - r.pointee.cursor, toStripeEnd)
             if zeroes { want = min(want, UInt32(Cache.zeroBufferSize)) }
-            cache.index.prefetch(subtree)
-            cache.index.prefetchDirectory(subtree)
+            index.prefetch(subtree)
+            index.prefetchDirectory(subtree)
             guard let space = head.pointee.allocate(want, pool: cache.pool) else {
                 return deferRequest(tag)
             }
             let source: UnsafeRawPointer =
                 zeroes ? UnsafeRawPointer(cache.zeroBuffer) : UnsafeRawPointer(r.pointee.buffer! + Int(r.pointee.cursor))
-            cache.memory.storeAndFlush(at: cache.dataOffset(space.segment, space.offset), from: source, count: Int(space.length))
-            cache.index.prefetchLeaf(subtree, endingAfter: offset)
-            // The data must be durable before a key that points at it can be.
-            cache.memory.drain()
             let crc = cache.dataCRC ? CRC32C.checksum(source, count: Int(space.length)) : 0
             let key = Extent(
                 start: offset, length: space.length, segment: space.segment, segmentOffset: space.offset,
                 generation: space.generation, crc: crc, crcSpanOffset: space.offset, crcSpanLength: space.length)
             let fua = r.pointee.fua
+            let destination = cache.dataOffset(space.segment, space.offset)
+            // Where the copy goes depends on whether the index lines are
+            // loaded. Any atomic read-modify-write after the copy (taking a
+            // lock) waits for the copy's non-temporal stores to reach memory,
+            // so the copy is best made under the locks, after the search.
+            // But a search of cold lines stalls on a leaf miss; then it is
+            // better to copy first and overlap the miss with the copy's drain.
+            // A looked-ahead write has its lines loaded. Large copies go
+            // first anyway: the wait is small next to them, and holding the
+            // stripe's lock through one would hold up its readers.
+            let copyUnderLocks = (hintedLeaves[0] == offset || hintedLeaves[1] == offset)
+                && space.length <= Self.largestCopyUnderLocks
+            if !copyUnderLocks {
+                dataWriter.storeAndFlush(at: destination, from: source, count: Int(key.length))
+                index.prefetchLeaf(subtree, endingAfter: offset)
+                // The data must be durable before a key that points at it can be.
+                dataWriter.drain()
+            }
             var keySet = 0
-            let outcome = cache.index.withShard(subtree) { keys -> OpenKeySets.AppendResult in
+            let outcome = index.withShard(subtree) { keys -> OpenKeySets.AppendResult in
                 let first = keys.first(endingAfter: key.start)
-                guard let target = cache.keySets.keySet(for: key.start, key.end, in: keys, first: first, own: id) else {
+                guard let target = keySets.keySet(for: key.start, key.end, in: keys, first: first, own: id) else {
                     return .full
                 }
                 keySet = target
-                return cache.keySets.append(key, to: target, forceClose: fua) { tag in
+                return keySets.append(key, to: target, forceClose: fua) { tag in
+                    if copyUnderLocks {
+                        // Readers wait for the stripe's lock, so none sees
+                        // the key before its data.
+                        dataWriter.storeAndFlush(at: destination, from: source, count: Int(key.length))
+                        dataWriter.drain()
+                    }
                     var tagged = key
                     tagged.keySetTag = tag
                     keys.insert(tagged, at: first)

@@ -154,10 +154,12 @@ public struct SubtreeIndex {
 
     // MARK: Prefetch hints, without the lock
 
-    // A write copies its data before it takes the stripe's lock, and the
-    // index lines it will then search are usually cold: a directory miss,
-    // then a leaf miss, one after the other, with the lock held. Asking for
-    // them while the copy runs and drains overlaps the two.
+    // The index lines a write searches are usually cold: the stripe's
+    // header, its directory, then a leaf, each a miss that can only be asked
+    // for once the one before it has arrived. A queue that has its next
+    // requests in hand asks for them a step at a time, a request or more
+    // ahead (`CacheQueue.lookAhead`), so they arrive while earlier requests
+    // are served instead of stalling the search under the lock.
     //
     // The hints read the directory while a lock holder may be editing it, so
     // what they find may be stale or half-moved; it only chooses which lines

@@ -69,9 +69,16 @@ import Testing
         var rng = SeededGenerator(seed: seed)
         var nextID: UInt32 = 1
         var stats = (writes: 0, reads: 0, flushes: 0, restarts: 0, crashes: 0, writebacks: 0, gcs: 0)
+        // Look-ahead hints, as a ublk queue gives them for requests it has
+        // in hand, here for offsets that may never come (some past the end
+        // of the device): they must change nothing a read returns. Drawn
+        // from a generator of their own, so the operations stay the same.
+        var hints = SeededGenerator(seed: seed &+ 1_000_003)
 
         for step in 0..<operations {
             let q = Int.random(in: 0..<queues, using: &rng)
+            h.queues[q].lookAhead(offset: UInt64.random(in: 0..<UInt64(2 * h.backingBytes), using: &hints),
+                                  requestsAway: Int.random(in: 1...CacheQueue.lookAheadDistance, using: &hints))
             let roll = Int.random(in: 0..<1000, using: &rng)
             switch roll {
             case 0..<450:
@@ -84,6 +91,9 @@ import Testing
                 data.reserveCapacity(count * Self.sector)
                 for s in first..<(first + count) { data += Self.sectorData(write: id, sector: s) }
                 let fua = roll % 10 == 0
+                // Half the writes come looked ahead, as from a ublk batch: their
+                // data is copied under the locks (see `continueWrite`).
+                if step % 2 == 0 { h.queues[q].lookAhead(offset: UInt64(first * Self.sector), requestsAway: 1) }
                 let result = h.write(UInt64(first * Self.sector), data, fua: fua, queue: q)
                 try #require(result == Int32(data.count), "write \(id) failed: \(result) at step \(step)")
                 model.wrote(id, sector: first, count: count, durableNow: false)

@@ -78,6 +78,9 @@ import Testing
                 }
             }
             let fua = rng.next() % 8 == 0
+            // Half the writes come looked ahead, so both places of the data
+            // copy (before the locks, and under them) meet the crash points.
+            if id % 2 == 1 { queue.lookAhead(offset: UInt64(first * 512), requestsAway: 1) }
             let result = queue.write(tag: 0, offset: UInt64(first * 512), length: UInt32(count * 512), buffer: buffer, fua: fua)
             #expect(result == Int32(count * 512))
             operations.append(Operation(kind: .write(id: id, first: first, count: count), startEvent: start,
