@@ -29,6 +29,9 @@ public struct SystemError: Error, CustomStringConvertible, Sendable {
 public final class IOURing {
     public var ring = io_uring()
     public let entries: UInt32
+    /// Completions peeked at once by `forEachCompletion(lookingAhead:)`.
+    private static let peekCapacity = 32
+    private let peeked = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: peekCapacity)
 
     /// - Parameters:
     ///   - entries: submission queue size (the completion queue is twice that).
@@ -48,7 +51,10 @@ public final class IOURing {
         if rc < 0 { throw SystemError(errno: -rc, "io_uring_queue_init(\(entries) entries)") }
     }
 
-    deinit { io_uring_queue_exit(&ring) }
+    deinit {
+        io_uring_queue_exit(&ring)
+        peeked.deallocate()
+    }
 
     /// A free SQE, submitting queued ones first if the ring is full.
     @inline(__always)
@@ -96,6 +102,40 @@ public final class IOURing {
             io_uring_cqe_seen(&ring, c)
             body(userData, result, flags)
             handled += 1
+        }
+        return handled
+    }
+
+    /// `forEachCompletion` for a caller that prepares for what comes next:
+    /// before `body` sees a completion, `ahead(userData, result, distance)`
+    /// sees each ready one `distance` places after it, for distances
+    /// `1...maxDistance`. A ublk queue loads the index lines of its next
+    /// requests this way. Each completion is marked seen before its `body`
+    /// runs, as `forEachCompletion` does.
+    @inline(__always)
+    @discardableResult
+    public func forEachCompletion(
+        lookingAhead maxDistance: Int, _ ahead: (UInt64, Int32, Int) -> Void, _ body: (UInt64, Int32, UInt32) -> Void
+    ) -> Int {
+        var handled = 0
+        while true {
+            let count = Int(io_uring_peek_batch_cqe(&ring, peeked, UInt32(Self.peekCapacity)))
+            guard count > 0 else { break }
+            for i in 0..<count {
+                var distance = 1
+                while distance <= maxDistance && i + distance < count {
+                    let later = peeked[i + distance]!
+                    ahead(later.pointee.user_data, later.pointee.res, distance)
+                    distance += 1
+                }
+                let cqe = peeked[i]!
+                let userData = cqe.pointee.user_data, result = cqe.pointee.res, flags = cqe.pointee.flags
+                // Only this slot is given back: the later ones peeked stay
+                // the kernel's to leave alone until they are seen too.
+                io_uring_cq_advance(&ring, 1)
+                body(userData, result, flags)
+            }
+            handled += count
         }
         return handled
     }

@@ -160,6 +160,15 @@ final class PCacheQueueHandler: UblkQueueHandler {
         }
     }
 
+    var lookAheadDistance: Int { CacheQueue.lookAheadDistance }
+
+    @inline(__always)
+    func lookAhead(op: UInt8, byteOffset: UInt64, requestsAway: Int) {
+        if op == UblkRequest.write || op == UblkRequest.read {
+            queue.lookAhead(offset: byteOffset, requestsAway: requestsAway)
+        }
+    }
+
     func ioCompleted(userData: UInt64, result: Int32) {
         queue.backingIOCompleted(userData: userData, result: result)
     }

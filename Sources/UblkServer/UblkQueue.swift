@@ -90,6 +90,8 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     private var handler: UblkQueueHandler?
     private var wakerBuffer: UnsafeMutablePointer<UInt64>
     private var handlerInFlight = 0
+    /// The handler's `lookAheadDistance`, read once.
+    private var lookAheadDistance = 0
     private var stoppingNotified = false
     private var failedWaiting = false
     /// Why the thread ended, when it was not the device stopping: its ring
@@ -237,6 +239,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
         do {
             handler = try target.makeQueueHandler(queueID: queueID, depth: depth, io: self, waker: wakerObject)
+            lookAheadDistance = handler?.lookAheadDistance ?? 0
         } catch let error as SystemError {
             throw error
         } catch {
@@ -285,8 +288,16 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
                 failure = "\(error)"
                 break
             }
-            ring.forEachCompletion { userData, result, _ in
-                dispatch(userData, result)
+            if lookAheadDistance > 0 {
+                ring.forEachCompletion(lookingAhead: lookAheadDistance, { userData, result, distance in
+                    lookAhead(userData, result, distance)
+                }) { userData, result, _ in
+                    dispatch(userData, result)
+                }
+            } else {
+                ring.forEachCompletion { userData, result, _ in
+                    dispatch(userData, result)
+                }
             }
             if served >= failAfterRequests {
                 failure = "injected failure after \(served) requests (PCACHE_UBLK_FAULT_QUEUE)"
@@ -345,6 +356,18 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
             if !failedWaiting && failWaitingFlag.load(ordering: .acquiring) { failWaiting() }
             handler?.resumeDeferred()
         }
+    }
+
+    /// A completion `distance` places ahead of the one being dispatched: if
+    /// it hands over a request, let the handler start loading for it.
+    @inline(__always)
+    private func lookAhead(_ userData: UInt64, _ result: Int32, _ distance: Int) {
+        guard result == UBLK_IO_RES_OK, case .command(let tag) = UblkLayout.decode(userData),
+              let handler, let descriptors, Int(tag) < depth
+        else { return }
+        let d = descriptors[Int(tag)]
+        handler.lookAhead(op: UInt8(truncatingIfNeeded: d.op_flags), byteOffset: d.start_sector << 9,
+                          requestsAway: distance)
     }
 
     @inline(__always)

@@ -61,6 +61,14 @@ public protocol UblkQueueHandler: AnyObject {
     /// A request arrived. Return its result now, or nil to complete it later
     /// (on this thread) with `io.completeRequest(tag:result:)`.
     func handle(_ request: UblkRequest) -> Int32?
+    /// How many requests ahead of the one being handled `lookAhead` wants
+    /// to hear of; 0: none.
+    var lookAheadDistance: Int { get }
+    /// A request is waiting `requestsAway` (1...`lookAheadDistance`) places
+    /// behind the one about to be handled: a hint to start loading what it
+    /// will need. It may never be handed over (the device stopping), so
+    /// nothing may depend on it.
+    func lookAhead(op: UInt8, byteOffset: UInt64, requestsAway: Int)
     /// A completion for an SQE this handler submitted through its `QueueIO`.
     func ioCompleted(userData: UInt64, result: Int32)
     /// The queue's waker fired (someone called `QueueWaker.wake()`): retry
@@ -77,6 +85,10 @@ public protocol UblkQueueHandler: AnyObject {
 }
 
 extension UblkQueueHandler {
+    /// Handlers with nothing to load ahead get no hints.
+    public var lookAheadDistance: Int { 0 }
+    public func lookAhead(op: UInt8, byteOffset: UInt64, requestsAway: Int) {}
+
     /// Handlers that never hold requests back have none to fail.
     public func failWaitingRequests() -> Int { 0 }
 }
