@@ -1,7 +1,9 @@
 // pcache-bench: the cache core under load, without ublk or a VM.
 //
 // N threads act as N ublk queues, each with its own CacheQueue and io_uring,
-// issuing one 4 KiB request at a time. The cache device is a tmpfs file
+// issuing one 4 KiB request at a time; in the write-path cells, a queue also
+// knows its next three requests, as a ublk queue does whose ring handed it a
+// batch (`CacheQueue.lookAhead`). The cache device is a tmpfs file
 // mapped in pmem mode (cache-line flush + fence, as on real pmem), with 2 MiB
 // pages where the bench may mount a tmpfs of its own (see `mountHugeTmpfs`);
 // the backing device is a sparse file in /dev/shm. In the same run, a bare loop
@@ -239,6 +241,7 @@ final class Worker: @unchecked Sendable {
         queue = cache.makeQueue(id: id, depth: 1, io: io, waker: PollingWaker())
         buffer = .allocate(byteCount: blockSize, alignment: 4096)
         buffer.initializeMemory(as: UInt8.self, repeating: UInt8(id + 1), count: blockSize)
+        upcoming.initialize(repeating: 0, count: CacheQueue.lookAheadDistance)
     }
 
     /// Issues one request and waits for it: backing I/O through the ring,
@@ -262,6 +265,26 @@ final class Worker: @unchecked Sendable {
 
     func write(_ offset: UInt64) {
         run { $0.write(tag: 0, offset: offset, length: UInt32(blockSize), buffer: buffer, fua: false) }
+    }
+
+    /// Offsets of the next writes, nearest first, as a queue handed a batch
+    /// knows them. Behind a pointer: a stored `var` would pay an exclusivity
+    /// check per access.
+    private let upcoming = UnsafeMutablePointer<UInt64>.allocate(capacity: CacheQueue.lookAheadDistance)
+
+    /// Writes the offset given `lookAheadDistance` calls ago, after giving
+    /// the queue its look-ahead hints for the ones given since, as the ublk
+    /// queue does over a batch of completions (`IOURing.forEachCompletion(lookingAhead:)`).
+    /// The first calls write offset 0.
+    func writeLookingAhead(_ offset: UInt64) {
+        let distance = CacheQueue.lookAheadDistance
+        let current = upcoming[0]
+        for i in 0..<(distance - 1) { upcoming[i] = upcoming[i + 1] }
+        upcoming[distance - 1] = offset
+        for away in stride(from: distance, through: 1, by: -1) {
+            queue.lookAhead(offset: upcoming[away - 1], requestsAway: away)
+        }
+        write(current)
     }
 
     func read(_ offset: UInt64) {
@@ -389,7 +412,9 @@ print(pad("workload", 26) + pad("threads", 9) + pad("IOPS", 12) + pad("IOPS/thre
 // its own region, sequentially, as a data head does; the regions lie in the
 // tail remainder after the last segment, which the format leaves unused.
 //
-// The write path is random 4 KiB writes the cache absorbs: writeback and GC
+// The write path is random 4 KiB writes the cache absorbs, in two cells: the
+// queue knowing its next requests (the target's figure: under load, a ublk
+// queue is handed requests in batches), and one request in hand at a time: writeback and GC
 // paused (as behind a slow backing device), at most half the cache written,
 // so what is measured is the write path itself: copy, persist, index
 // insert, key-set append. Every round writes new blocks, so the index grows
@@ -400,10 +425,30 @@ print(pad("workload", 26) + pad("threads", 9) + pad("IOPS", 12) + pad("IOPS/thre
 // 1-thread ceiling and write cells, then the 2-thread ones. Ratios (to the
 // ceiling, and 2 threads to 1) are taken per round and their median reported,
 // so load from other processes and the index's growth hit both sides alike.
+// PCACHE_BENCH_PROFILE=ahead|one: only 1-thread write-path cells, each on a
+// fresh cache written to half full, six times; nothing else runs, so a
+// profiler (`perf record`) sees the write path alone.
+if let mode = getenv("PCACHE_BENCH_PROFILE").map({ String(cString: $0) }) {
+    for _ in 0..<6 {
+        let (cache, _) = try freshCache(workers: false)
+        let worker = Worker(cache: cache, id: 0)
+        let cell = measure(threads: 1, seconds: 10, limit: cacheBytes / 2 / blockSize) { _ in
+            mode == "one" ? { rng in worker.write(rng.block(in: writeSpanBytes)) }
+                : { rng in worker.writeLookingAhead(rng.block(in: writeSpanBytes)) }
+        }
+        print("randwrite (\(mode == "one" ? "one request in hand" : "looking ahead")): \(fmt(cell.iops, 0)) IOPS")
+        worker.queue.stop()
+        try cache.stop()
+    }
+    removeOwnFiles()  // exit() skips the top-level defer
+    exit(0)
+}
+
 let rounds = 8
 let threadCounts = [1, 2]
 var ceilingRounds: [Int: [Cell]] = [:]
 var writeRounds: [Int: [Cell]] = [:]
+var oneInHandRounds: [Int: [Cell]] = [:]
 var latencyRounds: [(cache: Double, memory: Double)] = []
 var indexLine = ""
 var warmLine = ""
@@ -422,7 +467,7 @@ do {
     ceilingPositions.initialize(repeating: 0, count: 16)
     defer { ceilingPositions.deallocate() }
     // Writes per cell, shared by its threads.
-    let budget = cacheBytes / 2 / blockSize / rounds / threadCounts.count
+    let budget = cacheBytes / 2 / blockSize / rounds / threadCounts.count / 2
     // Before every cell, each page of the mapping past the metadata is
     // written once with what it holds. On this project's VMs the first write
     // to memory the guest has not written for a while can stall for 60-140
@@ -458,18 +503,22 @@ do {
                     position.pointee = (position.pointee + blockSize) % region
                 }
             })
-            _ = warmMapping()
-            writeRounds[threads, default: []].append(
-                measure(threads: threads, seconds: seconds / Double(rounds), limit: budget / threads,
-                        round: round * threadCounts.count + threads) { t in
+            for lookingAhead in [true, false] {
+                _ = warmMapping()
+                let cell = measure(threads: threads, seconds: seconds / Double(rounds), limit: budget / threads,
+                                   round: (round * threadCounts.count + threads) * 2 + (lookingAhead ? 0 : 1)) { t in
                     let worker = workers[t]
-                    if disjointHalves {
-                        let half = writeSpanBytes / 2
-                        let base = UInt64(t * half)
-                        return { rng in worker.write(base + rng.block(in: half)) }
-                    }
-                    return { rng in worker.write(rng.block(in: writeSpanBytes)) }
-                })
+                    let (base, span) = disjointHalves ? (UInt64(t * writeSpanBytes / 2), writeSpanBytes / 2) : (0, writeSpanBytes)
+                    return lookingAhead
+                        ? { rng in worker.writeLookingAhead(base + rng.block(in: span)) }
+                        : { rng in worker.write(base + rng.block(in: span)) }
+                }
+                if lookingAhead {
+                    writeRounds[threads, default: []].append(cell)
+                } else {
+                    oneInHandRounds[threads, default: []].append(cell)
+                }
+            }
         }
     }
     let status = cache.status()
@@ -493,6 +542,8 @@ for threads in threadCounts {
     })
     row("ceiling copy+flush", threads, medianCell(ceilingRounds[threads]!), "1.00")
     row("randwrite (absorbed)", threads, medianCell(writeRounds[threads]!), fmt(ratios[threads]!, 2))
+    row("  one request in hand", threads, medianCell(oneInHandRounds[threads]!),
+        fmt(median(zip(oneInHandRounds[threads]!, ceilingRounds[threads]!).map { $0.iops / $1.iops }), 2))
 }
 print(pagesLine)
 print(indexLine)
@@ -513,6 +564,8 @@ print("randwrite (absorbed) per thread vs bare copy+flush ceiling, median of \(r
       + "1 thread \(fmt(ratios[1]!, 2)), 2 threads \(fmt(ratios[2]!, 2))   (target >= 0.50)")
 print("randwrite (absorbed) scaling, 2 threads / 1 thread, median of per-round ratios: \(fmt(writeScaling, 2))   "
       + "(target >= 1.60); the bare ceiling itself scales \(fmt(ceilingScaling, 2))")
+print("  with one request in hand at a time (no look-ahead), scaling "
+      + "\(fmt(median(zip(oneInHandRounds[2]!, oneInHandRounds[1]!).map { $0.iops / $1.iops }), 2))")
 print("  the same per second of the threads' own CPU time (without steal and preemption): "
       + "1 thread \(fmt(cpuRatios[1]!, 2)), 2 threads \(fmt(cpuRatios[2]!, 2))")
 for (name, values) in [("8 MiB", latencyRounds.map(\.cache)), ("64 MiB", latencyRounds.map(\.memory))] {
