@@ -265,6 +265,11 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
 
     private func serve() {
         guard let ring else { return }
+        // A local the calls below borrow: calling through the stored `var`
+        // retains the handler before each request and releases it after,
+        // and a release is an atomic read-modify-write, which waits for the
+        // cache's data copy to reach memory (see `DataWriter`).
+        let handler = self.handler
         while true {
             if finished {
                 // Tell the handler first: it may still complete requests or
@@ -290,13 +295,13 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
             }
             if lookAheadDistance > 0 {
                 ring.forEachCompletion(lookingAhead: lookAheadDistance, { userData, result, distance in
-                    lookAhead(userData, result, distance)
+                    lookAhead(userData, result, distance, handler)
                 }) { userData, result, _ in
-                    dispatch(userData, result)
+                    dispatch(userData, result, handler)
                 }
             } else {
                 ring.forEachCompletion { userData, result, _ in
-                    dispatch(userData, result)
+                    dispatch(userData, result, handler)
                 }
             }
             if served >= failAfterRequests {
@@ -339,10 +344,10 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     }
 
     @inline(__always)
-    private func dispatch(_ userData: UInt64, _ result: Int32) {
+    private func dispatch(_ userData: UInt64, _ result: Int32, _ handler: UblkQueueHandler?) {
         switch UblkLayout.decode(userData) {
         case .command(let tag):
-            commandCompleted(tag: tag, result: result)
+            commandCompleted(tag: tag, result: result, handler)
         case .handler(let value):
             handlerInFlight -= 1
             handler?.ioCompleted(userData: value, result: result)
@@ -361,7 +366,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     /// A completion `distance` places ahead of the one being dispatched: if
     /// it hands over a request, let the handler start loading for it.
     @inline(__always)
-    private func lookAhead(_ userData: UInt64, _ result: Int32, _ distance: Int) {
+    private func lookAhead(_ userData: UInt64, _ result: Int32, _ distance: Int, _ handler: UblkQueueHandler?) {
         guard result == UBLK_IO_RES_OK, case .command(let tag) = UblkLayout.decode(userData),
               let handler, let descriptors, Int(tag) < depth
         else { return }
@@ -371,7 +376,7 @@ public final class UblkQueue: QueueIO, @unchecked Sendable {
     }
 
     @inline(__always)
-    private func commandCompleted(tag: UInt16, result: Int32) {
+    private func commandCompleted(tag: UInt16, result: Int32, _ handler: UblkQueueHandler?) {
         let index = Int(tag)
         switch tags.commandCompleted(tag: index, result: result) {
         case .request:
