@@ -126,7 +126,9 @@ public final class CacheQueue {
     /// before it loaded: the stripe's header (3 away), then its directory
     /// (2), then the leaf (1). The misses are then served while earlier
     /// requests run, instead of stalling the search under the stripe's
-    /// lock. Reads nothing it could fault on, and changes nothing.
+    /// lock. Reads nothing it could fault on, and changes nothing a request
+    /// sees: besides the loads, it only notes which leaf was asked for
+    /// (`hintedLeaves`), which decides where a write copies its data.
     @inline(__always)
     public func lookAhead(offset: UInt64, requestsAway: Int) {
         let subtree = CacheIndex.subtree(of: offset)
