@@ -414,10 +414,10 @@ print(pad("workload", 26) + pad("threads", 9) + pad("IOPS", 12) + pad("IOPS/thre
 //
 // The write path is random 4 KiB writes the cache absorbs, in two cells: the
 // queue knowing its next requests (the target's figure: under load, a ublk
-// queue is handed requests in batches), and one request in hand at a time: writeback and GC
-// paused (as behind a slow backing device), at most half the cache written,
-// so what is measured is the write path itself: copy, persist, index
-// insert, key-set append. Every round writes new blocks, so the index grows
+// queue is handed requests in batches), and one request in hand at a time.
+// Writeback and GC are paused (as behind a slow backing device) and at most
+// half the cache is written, so what is measured is the write path itself:
+// copy, persist, index insert, key-set append. Every round writes new blocks, so the index grows
 // to the size half a cache of 4 KiB writes gives it (the realistic case, and
 // the one where queues touching each other's index lines shows).
 //

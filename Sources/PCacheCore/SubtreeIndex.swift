@@ -205,10 +205,8 @@ public struct SubtreeIndex {
     static func leafHint(of index: UnsafeRawPointer, endingAfter offset: UInt64) -> (keys: UnsafeRawPointer, count: Int)? {
         guard let (leaves, directory) = racyDirectory(of: index) else { return nil }
         let stride = MemoryLayout<Leaf>.stride
-        var low = 0, high = leaves
-        while low < high {
-            let mid = (low + high) >> 1
-            if pcs_racy_load_word(directory + mid * stride + lastEndOffset) <= offset { low = mid + 1 } else { high = mid }
+        let low = countEnding(atOrBefore: offset, in: leaves) {
+            pcs_racy_load_word(directory + $0 &* stride + lastEndOffset)
         }
         guard low < leaves,
               let keys = UnsafeRawPointer(bitPattern: UInt(pcs_racy_load_word(directory + low * stride + keysOffset)))
